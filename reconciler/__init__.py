@@ -1,0 +1,3 @@
+"""reconcile: a declarative reconciler for machine-learning storage."""
+
+__version__ = "0.1.0"

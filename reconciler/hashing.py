@@ -1,0 +1,58 @@
+"""Hashes: file sha256 with large buffers, canonical JSON, recipe hashes.
+
+Why here and not scattered: every layer must agree byte-for-byte on what "the hash" of a
+file, a params mapping or a recipe is, or freshness decisions drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CHUNK = 8 * 1024 * 1024  # large reads: hashlib releases the GIL, so threads hash in parallel
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
+    """Hex sha256 of a file's bytes, read in large chunks (readinto, no per-chunk allocation)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no insignificant whitespace, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_json(value: Any) -> str:
+    """sha256 of the canonical JSON of a value."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def pretty_json_bytes(value: Any) -> bytes:
+    """The project's canonical on-disk JSON: sorted keys, 2-space indent, trailing newline."""
+    return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def tree_sha256(members: dict[str, str]) -> str:
+    """Digest of a directory artifact: sha256 over its sorted `sha256  relpath` lines.
+
+    The same text `sha256sum` prints, so a user can recompute it by hand.
+    """
+    text = "".join(f"{members[p]}  {p}\n" for p in sorted(members))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_exists(path: Path) -> bool:
+    """True for an existing regular file (not following a final symlink out of checks)."""
+    return path.is_file()

@@ -1,0 +1,178 @@
+"""The one way bytes reach a final path: stage, hash while writing, verify, fsync, rename.
+
+Modelled on pooch (fetch, verify, then publish) and huggingface_hub's `file_download`
+(unique temp file in the destination folder, atomic `os.replace`). A reader of a final
+path therefore sees either the old complete file, the new complete file, or nothing.
+Temp names start with `.reconcile-tmp-` so `gc` can recognise stale ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import IntegrityError, ResourceError
+from .hashing import sha256_file
+
+TMP_PREFIX = ".reconcile-tmp-"
+
+
+class HashingWriter:
+    """A binary file writer that hashes and counts every byte as it is written."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self._h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        """Write bytes (any buffer), updating the running sha256."""
+        mv = memoryview(data).cast("B")
+        self._h.update(mv)
+        n = self._f.write(mv)
+        self.size += n
+        return n
+
+    def hexdigest(self) -> str:
+        """sha256 of everything written so far."""
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        """Flush, fsync and close."""
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+    def __enter__(self) -> "HashingWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Output:
+    """The staging output a transform (or a source) is handed: a path, or a hashing writer.
+
+    Writers that need a path (a library that saves to a file) use `.path`; sequential
+    writers use `with out.open() as f`, which spares the publish step a re-read.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writer: HashingWriter | None = None
+        self._opens = 0
+
+    def open(self) -> HashingWriter:
+        """Open the staging file for sequential writing, hashing as it goes."""
+        self._opens += 1
+        self._writer = HashingWriter(self.path)
+        return self._writer
+
+    def digest(self) -> tuple[int, str]:
+        """(size, sha256) of the staged bytes: from the writer when it saw them all."""
+        w = self._writer
+        if w is not None and self._opens == 1 and self.path.exists() and self.path.stat().st_size == w.size:
+            w.close()
+            return w.size, w.hexdigest()
+        with open(self.path, "rb") as f:
+            os.fsync(f.fileno())
+        return self.path.stat().st_size, sha256_file(self.path)
+
+
+def temp_path_for(final: Path) -> Path:
+    """A unique temp path in the final path's folder (same filesystem, so rename is atomic)."""
+    return final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged(final: Path, *, where: str) -> Iterator[Output]:
+    """Yield an Output in the final folder; remove the temp file on any failure.
+
+    Disk-full errors become a ResourceError naming `where`.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Output(temp_path_for(final))
+    try:
+        yield out
+    except OSError as e:
+        _discard(out)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(
+                f"no space left on device while writing {final.name}",
+                where=where,
+                fix="free disk space under the storage root (or point --root elsewhere) and re-run apply",
+            ) from None
+        raise
+    except BaseException:
+        _discard(out)
+        raise
+
+
+def _discard(out: Output) -> None:
+    if out._writer is not None:
+        try:
+            out._writer._f.close()
+        except OSError:
+            pass
+    try:
+        out.path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def commit(out: Output, final: Path, *, where: str, expected_sha256: str | None,
+           expected_size: int | None = None, mismatch_fix: str | None = None) -> tuple[int, str]:
+    """Verify the staged bytes against the pins and atomically publish them at `final`.
+
+    Returns (size, sha256). On a mismatch the temp file is removed, the old file (or
+    nothing) stays at `final`, and an IntegrityError says expected vs got.
+    """
+    try:
+        size, sha = out.digest()
+    except OSError:
+        _discard(out)
+        raise
+    bad = None
+    if expected_sha256 is not None and sha != expected_sha256:
+        bad = f"sha256 mismatch: expected {expected_sha256}, got {sha}"
+    elif expected_size is not None and size != expected_size:
+        bad = f"size mismatch: expected {expected_size} bytes, got {size}"
+    if bad:
+        _discard(out)
+        raise IntegrityError(bad + "; nothing was published", where=where,
+                             fix=mismatch_fix or "re-run apply; if the change is intended, set sha256: null "
+                                                 "for this artifact and run `reconcile lock` after apply")
+    if final.is_dir() and not final.is_symlink():
+        _discard(out)
+        raise IntegrityError("a directory sits where a file is expected", where=where,
+                             fix=f"move or remove the directory {final} and re-run apply")
+    os.replace(out.path, final)
+    _fsync_dir(final.parent)
+    return size, sha
+
+
+def write_bytes_atomic(final: Path, data: bytes, *, where: str) -> str:
+    """Publish small bytes (state, lock files) through the same staged path; returns sha256."""
+    with staged(final, where=where) as out:
+        with out.open() as f:
+            f.write(data)
+        return commit(out, final, where=where, expected_sha256=None)[1]
