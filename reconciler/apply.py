@@ -1,0 +1,308 @@
+"""The only writer: run a Plan in dependency order, publishing every output atomically.
+
+Order of events for every artifact: produce into a unique temp file in the final folder
+(hashing as it is written), compare with the pin, fsync, `os.replace`, then record the
+stat-cache entry and the provenance record. A kill at any moment leaves either the old
+file or the new one at the final path, never a partial one; a later apply converges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import posixpath
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .errors import BusyError, LockError, ReconcileError, TransformError
+from .hashing import sha256_json, tree_sha256
+from .lockfile import STATE_DIR, check_root_containment
+from .plan import Action, Plan, build_recipe, make_plan
+from .publish import commit, staged, write_bytes_atomic
+from .registry import TRANSFORMS
+from .spec import Artifact, Lock, Source
+from .state import StatCache, observe, untracked, write_provenance
+
+TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggingface_hub", "datasets")
+
+
+class Reporter:
+    """Callbacks apply uses to tell the outside world what it does (the CLI renders them)."""
+
+    def step(self, action: Action) -> None:
+        """An action starts."""
+
+    def done(self, action: Action, detail: str) -> None:
+        """An action finished and its output is published."""
+
+    def failed(self, action: Action, err: ReconcileError) -> None:
+        """An action failed; nothing was published for it."""
+
+    def download_total(self, nbytes: int) -> None:
+        """Bytes that the fetches of this run will download, when known."""
+
+    def advance(self, nbytes: int) -> None:
+        """Bytes downloaded since the last call (may come from several threads)."""
+
+
+@dataclass
+class ApplyResult:
+    """What apply did: published, failed (with errors) and skipped (with the failed input)."""
+
+    plan: Plan
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, ReconcileError] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed."""
+        return not self.failed
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools that shape built bytes (recorded in provenance, never hashed)."""
+    out = {"python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def plan_for(lock: Lock, root: Path, cache: StatCache) -> Plan:
+    """Observe the root and plan: the read-only half of apply, also used by `reconcile plan`."""
+    check_root_containment(lock, root)
+    observed = observe(lock, root, cache)
+    return make_plan(lock, observed, tuple(untracked(lock, root)))
+
+
+class RootLock:
+    """An advisory lock under the root that keeps two applies apart (correctness never needs it)."""
+
+    def __init__(self, root: Path, wait: float):
+        self.dir = root / STATE_DIR
+        self.wait = wait
+        self._lock = FileLock(str(self.dir / "apply.lock"))
+
+    def __enter__(self) -> RootLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=self.wait)
+        except Timeout:
+            try:
+                owner = json.loads((self.dir / "apply.owner").read_text())
+            except (OSError, ValueError):
+                owner = {}
+            raise BusyError(f"another apply holds the storage root (pid {owner.get('pid', '?')}, "
+                            f"host {owner.get('host', '?')}, since {owner.get('since', '?')})",
+                            where=str(self.dir.parent),
+                            fix="wait for it to finish, or pass --wait SECONDS to queue behind it") from None
+        owner = {"pid": os.getpid(), "host": platform.node(),
+                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_bytes_atomic(self.dir / "apply.owner", json.dumps(owner).encode(), where="apply.owner")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
+@dataclass
+class _Run:
+    lock: Lock
+    root: Path
+    cache: StatCache
+    reporter: Reporter
+    commits: dict[str, str] = field(default_factory=dict)  # source name -> resolved commit
+
+    def source_at_commit(self, name: str) -> tuple[Source, str]:
+        """The source pinned to a commit for this run (branches resolved once per run)."""
+        src = self.lock.sources[name]
+        if src.pinned:
+            return src, src.revision
+        if name not in self.commits:
+            from .sources import hf
+            self.commits[name] = hf.resolve_revision(src)
+        return replace(src, revision=self.commits[name]), src.revision
+
+
+def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | None) -> dict:
+    return {"recipe": recipe, "recipe_hash": sha256_json(recipe), "sha256": sha, "size": size,
+            "tools": tool_versions(), "info": info or {},
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": round(time.monotonic() - started, 3)}
+
+
+def _fetch_file(run: _Run, a: Artifact) -> str:
+    from .sources import hf
+    src, ref = run.source_at_commit(a.fetch.source)
+    final = run.root / a.path
+    started = time.monotonic()
+    with staged(final, where=a.path) as out:
+        remote = hf.fetch_file(src, a.fetch.path, out, expected_sha256=a.sha256, expected_size=a.size,
+                               partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance)
+        size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256, expected_size=a.size,
+                           mismatch_fix="re-run apply; if upstream really changed, update the pin in the lock")
+    run.cache.remember_file(a.path, final, sha)
+    recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "path": a.fetch.path}}
+    rec = _provenance(recipe, size, sha, started, {"etag_sha256": remote.sha256})
+    write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision})
+    return f"{size:,} bytes from {src.repo}@{src.revision[:12]}"
+
+
+def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> str:
+    from .sources import hf
+    src, ref = run.source_at_commit(a.fetch.source)
+    base = posixpath.dirname(a.fetch.glob)
+    if a.files:
+        wanted = {n: (m.sha256, m.size) for n, m in a.files.items()}
+    else:
+        wanted = {posixpath.basename(r.path): (r.sha256, r.size) for r in hf.list_files(src, a.fetch.glob)}
+        if not wanted:
+            raise ReconcileError(f"no file in {src.repo}@{src.revision[:12]} matches {a.fetch.glob!r}",
+                                 where=a.path, fix="correct the glob in the lock")
+    started = time.monotonic()
+    folder = run.root / a.path
+
+    def one(name: str) -> tuple[str, str]:
+        final = folder / name
+        exp_sha, exp_size = wanted[name]
+        if final.is_file() and exp_sha and run.cache.sha256(f"{a.path}/{name}", final) == exp_sha:
+            return name, exp_sha
+        with staged(final, where=f"{a.path}/{name}") as out:
+            hf.fetch_file(src, posixpath.join(base, name), out, expected_sha256=exp_sha, expected_size=exp_size,
+                          partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance)
+            size, sha = commit(out, final, where=f"{a.path}/{name}", expected_sha256=exp_sha, expected_size=exp_size)
+        run.cache.remember_file(f"{a.path}/{name}", final, sha)
+        return name, sha
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        members = dict(pool.map(one, sorted(wanted)))
+    sha = tree_sha256(members)
+    if a.sha256 and sha != a.sha256:
+        raise ReconcileError(f"folder digest mismatch: expected {a.sha256}, got {sha}", where=a.path,
+                             fix="re-run apply; if upstream really changed, update the pins in the lock")
+    recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "glob": a.fetch.glob}}
+    size = sum((folder / n).stat().st_size for n in members)
+    rec = _provenance(recipe, size, sha, started, None)
+    write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members,
+                                              "member_sizes": {n: (folder / n).stat().st_size for n in members}})
+    return f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}"
+
+
+def _build(run: _Run, a: Artifact, planned: dict[str, str]) -> str:
+    t = TRANSFORMS[a.build.transform]
+    recipe = build_recipe(a, planned)
+    inputs = {name: ([run.root / p for p in v] if isinstance(v, list) else run.root / v)
+              for name, v in a.build.inputs.items()}
+    final = run.root / a.path
+    started = time.monotonic()
+    with staged(final, where=a.path) as out:
+        try:
+            info = t.fn(inputs, json.loads(json.dumps(a.build.params)), out)
+        except (ReconcileError, OSError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a transform bug or unexpected input: one clear line, no traceback
+            raise TransformError(f"transform {t.name} failed: {type(e).__name__}: {e}", where=a.path,
+                                 fix="check the inputs named above; if they are valid, report a bug") from e
+        size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256,
+                           mismatch_fix="if the recipe change is intended, set this artifact's sha256 to null, "
+                                        "run apply, then `reconcile lock` to pin the new bytes")
+    run.cache.remember_file(a.path, final, sha)
+    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info))
+    return f"{size:,} bytes via {t.name} v{t.version}"
+
+
+def _observed_sha(run: _Run, path: str) -> str:
+    """sha256 of an artifact just produced or verified in this run (cache makes it cheap)."""
+    return observe(run.lock, run.root, run.cache, paths=[path])[path].sha256
+
+
+def refuse_stale(saved: Plan, current: Plan) -> None:
+    """Refuse a saved plan when the lock or the observed storage moved since it was made."""
+    if saved.lock_digest != current.lock_digest:
+        raise LockError("the lock file changed since this plan was made", where="--plan",
+                        fix="run `reconcile plan --out FILE` again and review the new plan")
+    if saved.state_digest != current.state_digest:
+        moved = [a.path for a, b in zip(saved.actions, current.actions) if (a.action, a.found_sha256) !=
+                 (b.action, b.found_sha256)]
+        hint = f" (e.g. {moved[0]})" if moved else ""
+        raise LockError(f"the storage changed since this plan was made{hint}", where="--plan",
+                        fix="run `reconcile plan --out FILE` again and review the new plan")
+
+
+def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> str:
+    a = run.lock.artifacts[x.path]
+    if a.fetch is None:
+        return _build(run, a, sha_of)
+    return _fetch_dir(run, a, jobs) if a.is_dir else _fetch_file(run, a)
+
+
+def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: Reporter | None = None,
+          saved_plan: Plan | None = None, keep_going: bool = False, jobs: int = 4,
+          wait: float = 0.0) -> ApplyResult:
+    """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order)."""
+    cache = cache or StatCache(root)
+    reporter = reporter or Reporter()
+    check_root_containment(lock, root)
+    with RootLock(root, wait):
+        plan = plan_for(lock, root, cache)
+        if saved_plan is not None:
+            refuse_stale(saved_plan, plan)
+        run = _Run(lock, root, cache, reporter)
+        result = ApplyResult(plan)
+        sha_of = {x.path: x.found_sha256 for x in plan.actions if x.action == "ok"}
+        stop = _Stopper(keep_going)
+
+        def attempt(x: Action) -> None:
+            bad_input = next((p for p in x.inputs if p in result.failed or p in result.skipped), None)
+            if bad_input or stop.stopped:
+                result.skipped[x.path] = f"input {bad_input} failed" if bad_input else "apply stopped at a failure"
+                return
+            if x.action == "blocked":
+                result.failed[x.path] = ReconcileError(x.reason, where=x.path, fix="resolve the cause named above")
+                stop.hit()
+                return
+            reporter.step(x)
+            try:
+                detail = _run_action(run, x, sha_of, jobs)
+            except ReconcileError as err:
+                result.failed[x.path] = err
+                reporter.failed(x, err)
+                stop.hit()
+                return
+            sha_of[x.path] = _observed_sha(run, x.path)
+            result.done.append(x.path)
+            reporter.done(x, detail)
+
+        pending = plan.pending()
+        fetches = [x for x in pending if x.kind == "fetch"]
+        reporter.download_total(sum(x.download_bytes or 0 for x in fetches))
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            list(pool.map(attempt, fetches))
+        for x in pending:
+            if x.kind == "build":
+                attempt(x)
+        return result
+
+
+class _Stopper:
+    """Remembers the first failure when --keep-going is off."""
+
+    def __init__(self, keep_going: bool):
+        self.keep_going = keep_going
+        self.stopped = False
+
+    def hit(self) -> None:
+        if not self.keep_going:
+            self.stopped = True
+
+

@@ -1,0 +1,249 @@
+"""The `reconcile` command line: parse, call the library, render. No logic lives here.
+
+Exit codes (the one map): 0 success / nothing to do; 1 storage is wrong (missing, drifted,
+unpinned, a failed fetch, build or check); 2 the lock or the command is wrong. `plan
+--detailed-exitcode` uses 2 for "changes pending", like `terraform plan`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ReconcileError, exit_code_for
+
+DEBUG = os.environ.get("RECONCILE_DEBUG") == "1"
+
+
+class Ctx:
+    """Global options, resolved lazily so `--help` never reads a lock."""
+
+    def __init__(self, lock: str, root: str | None):
+        self.lock_path = Path(lock)
+        self.root_override = root
+
+    def load(self):
+        """The validated lock and its storage root."""
+        from .lockfile import load_lock, resolve_root
+        lock = load_lock(self.lock_path)
+        return lock, resolve_root(self.lock_path, lock, self.root_override)
+
+
+class ReconcileGroup(click.Group):
+    """Turns every ReconcileError into one rendered message and its mapped exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ReconcileError as e:
+            click.secho(f"error: {e.render()}", fg="red", err=True)
+            sys.exit(exit_code_for(e))
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing half-written was published; re-run to continue", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # a bug, not a user error: one line, traceback only on request
+            if DEBUG:
+                raise
+            click.secho(f"internal error: {type(e).__name__}: {e} (set RECONCILE_DEBUG=1 for the traceback)",
+                        fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=ReconcileGroup)
+@click.option("--lock", "lock", default="storage.lock.yaml", show_default=True, envvar="RECONCILE_LOCK",
+              help="The lock file.")
+@click.option("--root", default=None, envvar="RECONCILE_ROOT", help="Storage root (overrides the lock's `root`).")
+@click.version_option(__version__, prog_name="reconcile")
+@click.pass_context
+def main(ctx, lock, root):
+    """Declarative storage for ML assets: lock -> plan -> apply -> check."""
+    ctx.obj = Ctx(lock, root)
+
+
+_ACTION_COLOURS = {"ok": "green", "fetch": "cyan", "build": "blue", "rebuild": "yellow", "blocked": "red"}
+
+
+def render_plan(plan, show_ok: bool) -> None:
+    """Print the plan as a table and its summary line."""
+    rows = [a for a in plan.actions if show_ok or a.action != "ok"]
+    width = max((len(a.path) for a in rows), default=0)
+    for a in rows:
+        click.echo(f"  {click.style(a.action.ljust(7), fg=_ACTION_COLOURS[a.action])}  {a.path.ljust(width)}  {a.reason}")
+    for u in plan.untracked:
+        click.echo(f"  {click.style('untracked', fg='magenta')}  {u}  (not in the lock; left alone)")
+    click.echo(plan.summary())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Save the plan for `apply --plan`.")
+@click.option("--all", "show_all", is_flag=True, help="Also list up-to-date artifacts.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 2 when changes are pending.")
+@click.pass_obj
+def plan(obj, as_json, out, show_all, detailed_exitcode):
+    """Preview what apply would do (never touches the network)."""
+    from .apply import plan_for
+    from .publish import write_bytes_atomic
+    from .state import StatCache
+    lock, root = obj.load()
+    p = plan_for(lock, root, StatCache(root))
+    if out:
+        write_bytes_atomic(Path(out).resolve(), (json.dumps(p.to_json(), indent=2) + "\n").encode(), where=out)
+    if as_json:
+        click.echo(json.dumps(p.to_json(), indent=2))
+    else:
+        render_plan(p, show_all)
+    if detailed_exitcode and p.pending():
+        sys.exit(2)
+
+
+class CliReporter:
+    """Plain lines per step; on a TTY, one aggregate download progress bar."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self._bar = None
+        self._lock = threading.Lock()
+
+    def step(self, action):
+        click.echo(f"{action.action:>7}  {action.path}  ({action.reason})")
+
+    def done(self, action, detail):
+        click.echo(f"   done  {action.path}  {detail}")
+
+    def failed(self, action, err):
+        click.secho(f" FAILED  {action.path}  {err.message}", fg="red")
+
+    def download_total(self, nbytes):
+        if self.tty and nbytes:
+            from tqdm import tqdm
+            self._bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="download", leave=False)
+
+    def advance(self, nbytes):
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(nbytes)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+@main.command()
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
+              help="Apply a plan saved by `plan --out` (refused if the lock or storage changed since).")
+@click.option("--keep-going", is_flag=True, help="On a failure, skip only what depends on it.")
+@click.option("--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
+@click.option("--wait", default=0.0, show_default=True, type=float,
+              help="Seconds to wait for another apply on the same root.")
+@click.pass_obj
+def apply(obj, plan_file, keep_going, jobs, wait):
+    """Converge storage to the lock, idempotently."""
+    from .apply import apply as run_apply
+    from .plan import Plan
+    lock, root = obj.load()
+    saved = None
+    if plan_file:
+        try:
+            saved = Plan.from_json(json.loads(Path(plan_file).read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ReconcileError(f"not a saved plan: {e}", where=plan_file, fix="use a file from `plan --out`") from None
+    reporter = CliReporter()
+    try:
+        result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,
+                           wait=wait)
+    finally:
+        reporter.close()
+    if not result.plan.pending():
+        click.echo("Nothing to do: storage matches the lock.")
+    for err in result.failed.values():
+        click.secho(f"error: {err.render()}", fg="red", err=True)
+    n_skip = len(result.skipped)
+    click.echo(f"Apply: {len(result.done)} done, {len(result.failed)} failed, {n_skip} skipped.")
+    for path, why in result.skipped.items():
+        click.echo(f"  skipped  {path}  ({why})")
+    if result.done and any(lock.artifacts[p].sha256 is None for p in result.done):
+        click.echo("Some outputs are unpinned: run `reconcile lock` to pin them.")
+    sys.exit(0 if result.ok else 1)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def check(obj, targets, deep, as_json):
+    """Verify storage against the lock: the pre-training gate (exit 1 on any drift)."""
+    from .verify import check as run_check
+    lock, root = obj.load()
+    report = run_check(lock, root, list(targets), deep=deep)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for a in report.artifacts:
+            colour = "green" if a.status == "ok" else "red"
+            click.echo(f"  {click.style(a.status.ljust(10), fg=colour)}  {a.path}  {a.detail}")
+        bad = sum(a.status != "ok" for a in report.artifacts)
+        tier = "deep" if deep else "fast"
+        click.echo(f"Check ({tier}): {len(report.artifacts) - bad} ok, {bad} not ok; "
+                   f"{report.hashed} file(s) hashed.")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("lock")
+@click.option("--check", "check_only", is_flag=True,
+              help="Exit non-zero if the lock is invalid, not canonical, or has unpinned values.")
+@click.option("--allow-open", is_flag=True, help="With --check: accept unpinned values that declare an `open:` reason.")
+@click.option("--resolve", is_flag=True, help="Ask the hub: pin branch revisions, LFS sha256 and sizes.")
+@click.pass_obj
+def lock_cmd(obj, check_only, allow_open, resolve):
+    """Pin open values from what apply produced (trust on first use) and keep the lock canonical."""
+    from . import lockedit
+    lock, root = obj.load()
+    if check_only:
+        problems = lockedit.canonical_problems(obj.lock_path)
+        pins = lockedit.open_pins(lock)
+        for p in problems:
+            click.echo(f"not canonical: {p} (run `reconcile lock` to rewrite it)")
+        for p in pins:
+            click.echo(f"unpinned: {p.where}" + (f"  (open: {p.reason})" if p.reason else "  (no reason declared)"))
+        bad_pins = [p for p in pins if not (allow_open and p.reason)]
+        click.echo(f"Lock: valid, {'not ' if problems else ''}canonical, {len(pins)} unpinned value(s).")
+        sys.exit(1 if problems or bad_pins else 0)
+    changes = lockedit.resolve_from_hub(obj.lock_path, lock) if resolve else lockedit.pin_from_state(
+        obj.lock_path, lock, root)
+    for c in changes:
+        click.echo(f"pinned  {c}")
+    click.echo(f"Lock: {len(changes)} value(s) pinned." if changes else "Lock: nothing to pin.")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "dot"]), default="text", show_default=True)
+@click.pass_obj
+def graph(obj, fmt):
+    """Print the artifact DAG (inputs first)."""
+    lock, _ = obj.load()
+    if fmt == "dot":
+        click.echo("digraph reconcile {\n  rankdir=LR;")
+        for p, a in lock.artifacts.items():
+            label = f"fetch {lock.sources[a.fetch.source].repo}" if a.fetch else f"build {a.build.transform}"
+            click.echo(f'  "{p}" [label="{p}\\n{label}"];')
+            for i in a.input_paths():
+                click.echo(f'  "{i}" -> "{p}";')
+        click.echo("}")
+        return
+    for p, a in lock.artifacts.items():
+        how = (f"fetch {lock.sources[a.fetch.source].repo}:{a.fetch.path or a.fetch.glob}" if a.fetch
+               else f"build {a.build.transform}")
+        click.echo(f"{p}  <- {how}")
+        for i in a.input_paths():
+            click.echo(f"    <- {i}")
+from . import cli_ops  # noqa: E402,F401  (registers docs, diff, gc on `main`)

@@ -1,0 +1,1 @@
+"""Operations commands (docs, diff, gc) registered on the main CLI group."""

@@ -1,0 +1,167 @@
+"""`reconcile lock`: pin open values and keep the lock canonical, preserving comments.
+
+Trust on first use, like `terraform init` or `dvc commit`: sha256/size that the lock leaves
+open are filled from what apply produced and recorded (provenance), branch revisions from
+the commit apply fetched; `--resolve` asks the hub instead. The rewrite goes through a
+round-trip YAML library (comments and flow style survive) and the atomic publish path.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from .errors import LockError
+from .lockfile import lock_from_data, parse_yaml
+from .publish import write_bytes_atomic
+from .spec import Lock
+from .state import StatCache, observe
+
+
+@dataclass(frozen=True)
+class OpenPin:
+    """A value the lock leaves unpinned, and the reason it declares (if any)."""
+
+    where: str
+    reason: str | None
+
+
+def _yaml() -> YAML:
+    y = YAML()  # round-trip mode: keeps comments, key order and flow style
+    y.preserve_quotes = True
+    y.width = 4096
+    y.indent(mapping=2, sequence=4, offset=2)
+    return y
+
+
+def load_roundtrip(path: Path) -> CommentedMap:
+    """Load the lock for editing (validated first by the strict loader)."""
+    text = path.read_text(encoding="utf-8")
+    parse_yaml(text, str(path))
+    return _yaml().load(text)
+
+
+def dump(doc: CommentedMap) -> str:
+    """Canonical text of a round-trip document."""
+    buf = io.StringIO()
+    _yaml().dump(doc, buf)
+    return buf.getvalue()
+
+
+def open_pins(lock: Lock) -> list[OpenPin]:
+    """Every unpinned revision, sha256, size and folder member, with its declared reason."""
+    out = []
+    for s in lock.sources.values():
+        if not s.pinned:
+            reason = (lock.raw["sources"][s.name] or {}).get("open")
+            out.append(OpenPin(f'sources."{s.name}".revision ({s.revision})', reason))
+    for a in lock.artifacts.values():
+        missing = [k for k in ("sha256", "size") if getattr(a, k) is None and not (k == "size" and a.is_dir)]
+        if a.is_dir and not a.files:
+            missing.append("files")
+        if missing:
+            out.append(OpenPin(f'artifacts."{a.path}".{"/".join(missing)}', a.open))
+    return out
+
+
+def _set(m: CommentedMap, key: str, value) -> None:
+    if key in m:
+        m[key] = value
+        return
+    keys = list(m.keys())
+    anchor = max((keys.index(k) for k in ("fetch", "build", "sha256", "size") if k in keys), default=-1)
+    m.insert(anchor + 1, key, value)
+
+
+def pin_from_state(lock_path: Path, lock: Lock, root: Path) -> list[str]:
+    """Fill open sha256/size/files/revisions from what apply recorded; returns what changed."""
+    doc = load_roundtrip(lock_path)
+    observed = observe(lock, root, StatCache(root))
+    changes: list[str] = []
+    commits: dict[str, str] = {}
+    for path, a in lock.artifacts.items():
+        o = observed[path]
+        if o.sha256 is None or o.prov_sha256 != o.sha256:
+            continue  # only bytes that apply produced and that are still intact are trusted
+        m = doc["artifacts"][path]
+        if a.sha256 is None:
+            _set(m, "sha256", o.sha256)
+            changes.append(f"{path}: sha256 {o.sha256}")
+        if a.size is None and not a.is_dir and o.size is not None:
+            _set(m, "size", o.size)
+            changes.append(f"{path}: size {o.size}")
+        if a.is_dir and not a.files:
+            sizes = (o.prov or {}).get("member_sizes", {})
+            _set(m, "files", CommentedMap((n, CommentedMap([("sha256", s), ("size", sizes.get(n))]))
+                                          for n, s in sorted(o.members.items())))
+            changes.append(f"{path}: files ({len(o.members)} pinned)")
+        if a.fetch is not None and (o.prov or {}).get("commit"):
+            commits.setdefault(a.fetch.source, o.prov["commit"])
+    for name, commit in commits.items():
+        src = lock.sources[name]
+        if not src.pinned and (doc["sources"][name] or {}).get("revision") == src.revision:
+            doc["sources"][name]["revision"] = commit
+            changes.append(f"sources.{name}: revision {src.revision} -> {commit}")
+    _write(lock_path, doc)
+    return changes
+
+
+def resolve_from_hub(lock_path: Path, lock: Lock) -> list[str]:
+    """`lock --resolve`: pin branch revisions and LFS sha256/size from the hub's answers."""
+    from .sources import hf
+    doc = load_roundtrip(lock_path)
+    changes = []
+    pinned = {}
+    for name, src in lock.sources.items():
+        commit = src.revision if src.pinned else hf.resolve_revision(src)
+        if commit != src.revision:
+            doc["sources"][name]["revision"] = commit
+            changes.append(f"sources.{name}: revision {src.revision} -> {commit}")
+        pinned[name] = src.__class__(src.name, src.repo, src.type, commit, src.gated, src.licence)
+    for path, a in lock.artifacts.items():
+        if a.fetch is None or a.fetch.path is None or (a.sha256 and a.size is not None):
+            continue
+        rf = hf.remote_file(pinned[a.fetch.source], a.fetch.path)
+        m = doc["artifacts"][path]
+        if a.sha256 is None and rf.sha256:
+            _set(m, "sha256", rf.sha256)
+            changes.append(f"{path}: sha256 {rf.sha256}")
+        if a.size is None:
+            _set(m, "size", rf.size)
+            changes.append(f"{path}: size {rf.size}")
+    _write(lock_path, doc)
+    return changes
+
+
+def _write(lock_path: Path, doc: CommentedMap) -> None:
+    text = dump(doc)
+    lock_from_data(parse_yaml(text, str(lock_path)), str(lock_path))  # never write an invalid lock
+    write_bytes_atomic(lock_path, text.encode("utf-8"), where=str(lock_path))
+
+
+def canonical_problems(lock_path: Path) -> list[str]:
+    """Differences between the lock text and its canonical form (empty when canonical)."""
+    text = lock_path.read_text(encoding="utf-8")
+    canon = dump(load_roundtrip(lock_path))
+    if text == canon:
+        return []
+    for i, (a, b) in enumerate(zip(text.splitlines(), canon.splitlines()), 1):
+        if a != b:
+            return [f"line {i}: {a.strip()!r} would be written {b.strip()!r}"]
+    return ["line count differs from the canonical form"]
+
+
+def format_lock(lock_path: Path) -> bool:
+    """Rewrite the lock in canonical form; True if it changed."""
+    if not canonical_problems(lock_path):
+        return False
+    _write(lock_path, load_roundtrip(lock_path))
+    return True
+
+
+__all__ = ["OpenPin", "open_pins", "pin_from_state", "resolve_from_hub", "canonical_problems", "format_lock",
+           "LockError"]

@@ -1,0 +1,297 @@
+"""Read and validate `storage.lock.yaml`: YAML safety, JSON Schema, semantics, the DAG.
+
+Validation happens in layers, each reporting the first problem at a precise field path
+(`artifacts."a/b.json".build.inputs.src: no such artifact`): YAML syntax (line, column),
+the JSON Schema in `schemas/storage.lock.schema.json`, then semantics the schema cannot
+express (path safety, references, registered transforms and checks, cycles, size bounds).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import LockError
+from .hashing import sha256_json
+from .registry import CHECKS, TRANSFORMS, load_plugins
+from .spec import Artifact, Build, CheckSpec, Fetch, Lock, Member, Source
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+STATE_DIR = ".reconcile"
+
+
+@cache
+def load_schema(name: str) -> dict:
+    """A JSON Schema shipped in the project's `schemas/` folder."""
+    return json.loads((SCHEMA_DIR / name).read_text())
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe loader (no object-constructing tags) that also refuses duplicate keys."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            m = key_node.start_mark
+            raise LockError(f"duplicate key {key!r} at line {m.line + 1}, column {m.column + 1}",
+                            fix="remove one of the two entries")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def fmt_path(parts) -> str:
+    """Render a field path: `artifacts."models_v2/x.json".build.inputs.src`."""
+    out = []
+    for p in parts:
+        if isinstance(p, int):
+            out.append(f"[{p}]")
+        elif isinstance(p, str) and p.replace("_", "").isalnum():
+            out.append(("." if out else "") + p)
+        else:
+            out.append(("." if out else "") + json.dumps(str(p)))
+    return "".join(out) or "(top level)"
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """Parse lock text safely; syntax errors and unsafe tags become a LockError with line/column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except LockError as e:
+        e.where = name
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        loc = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = e.problem or str(e)
+        if "constructor" in problem:
+            problem += " (object-constructing YAML tags are refused)"
+        raise LockError(f"{loc}{problem}", where=name, fix="fix the YAML syntax at that place") from None
+    except yaml.YAMLError as e:
+        raise LockError(f"not valid YAML: {e}", where=name, fix="fix the YAML syntax") from None
+
+
+def validate_schema(data: Any) -> None:
+    """Validate against the lock JSON Schema; report the deepest, most specific error."""
+    validator = jsonschema.Draft202012Validator(load_schema("storage.lock.schema.json"))
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    err = jsonschema.exceptions.best_match(errors)
+    while err.context:  # descend into oneOf branches for a precise message
+        err = jsonschema.exceptions.best_match(err.context)
+    raise LockError(_schema_message(err), where=fmt_path(err.absolute_path),
+                    fix="see the lock format in README.md (schemas/storage.lock.schema.json)")
+
+
+def _schema_message(err) -> str:
+    if err.validator == "additionalProperties":
+        return f"unknown field(s): {err.message.split('(')[-1].rstrip(')')}"
+    if err.validator == "required":
+        return f"missing field: {err.message}"
+    if err.validator == "oneOf" and isinstance(err.instance, dict):
+        return "must have exactly one of `fetch` or `build` (or for fetch: `path` or `glob`)"
+    return err.message
+
+
+def check_artifact_path(path: str) -> None:
+    """Refuse artifact keys that are absolute, unnormalised, escape the root or hit state."""
+    where = fmt_path(["artifacts", path])
+    bad = None
+    if not path or path.startswith("/") or "\\" in path or ":" in path.split("/")[0]:
+        bad = "must be a relative POSIX path"
+    elif ".." in path.split("/"):
+        bad = "must not contain `..` (it would escape the storage root)"
+    elif posixpath.normpath(path) != path or path in (".",):
+        bad = f"must be normalised (write {posixpath.normpath(path)!r})"
+    elif path.split("/")[0] == STATE_DIR:
+        bad = f"`{STATE_DIR}/` is reserved for reconcile's own state"
+    if bad:
+        raise LockError(f"artifact path {bad}", where=where, fix="use a path relative to the storage root")
+
+
+def check_root_containment(lock: Lock, root: Path) -> None:
+    """Refuse artifacts whose path resolves (through symlinks on disk) outside the root."""
+    real_root = root.resolve()
+    for path in lock.artifacts:
+        target = (root / path).resolve()
+        if target != real_root and real_root not in target.parents:
+            raise LockError(f"resolves outside the storage root (to {target}) through a symlink",
+                            where=fmt_path(["artifacts", path]),
+                            fix="remove the symlink under the root or change the artifact path")
+
+
+def _to_checks(raw: list, where: list) -> tuple[CheckSpec, ...]:
+    out = []
+    for i, item in enumerate(raw or []):
+        if isinstance(item, str):
+            name, params = item, {}
+        else:
+            (name, params), = item.items()
+            params = params or {}
+        if name not in CHECKS:
+            raise LockError(f"unknown check {name!r} (known: {', '.join(sorted(CHECKS))})",
+                            where=fmt_path(where + [i]), fix="use a registered check name")
+        _validate_params(CHECKS[name].params_schema, params, where + [i, name])
+        out.append(CheckSpec(name, params))
+    return tuple(out)
+
+
+def _validate_params(schema: dict, params: Any, where: list) -> None:
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(params))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        raise LockError(_schema_message(err), where=fmt_path(where + list(err.absolute_path)),
+                        fix="see the transform's or check's params in README.md (`reconcile graph` lists them)")
+
+
+def _to_artifact(path: str, raw: dict) -> Artifact:
+    where = ["artifacts", path]
+    fetch = Fetch(**raw["fetch"]) if "fetch" in raw else None
+    build = None
+    if "build" in raw:
+        b = raw["build"]
+        build = Build(b["transform"], dict(b.get("inputs") or {}), dict(b.get("params") or {}))
+    files = None
+    if raw.get("files"):
+        files = {k: Member(v.get("sha256"), v.get("size")) for k, v in raw["files"].items()}
+    if files and (fetch is None or fetch.glob is None):
+        raise LockError("`files` is only for glob fetches", where=fmt_path(where + ["files"]),
+                        fix="remove `files` or use `fetch: {glob: ...}`")
+    return Artifact(path=path, fetch=fetch, build=build, sha256=raw.get("sha256"), size=raw.get("size"),
+                    dtype=raw.get("dtype"), max_size=raw.get("max_size"),
+                    checks=_to_checks(raw.get("checks"), where + ["checks"]), files=files, open=raw.get("open"))
+
+
+def _check_build(a: Artifact, artifacts: dict) -> None:
+    where = ["artifacts", a.path, "build"]
+    t = TRANSFORMS.get(a.build.transform)
+    if t is None:
+        raise LockError(f"unknown transform {a.build.transform!r} (known: {', '.join(sorted(TRANSFORMS))})",
+                        where=fmt_path(where + ["transform"]), fix="use a registered transform name")
+    for name, value in a.build.inputs.items():
+        kind = t.inputs.get(name)
+        if kind is None:
+            raise LockError(f"transform {t.name!r} takes no input {name!r} (inputs: {', '.join(t.inputs) or 'none'})",
+                            where=fmt_path(where + ["inputs", name]), fix="rename or remove this input")
+        if (kind == "list") != isinstance(value, list):
+            raise LockError(f"must be {'a list of artifact paths' if kind == 'list' else 'one artifact path'}",
+                            where=fmt_path(where + ["inputs", name]), fix="change the input's shape")
+        for ref in value if isinstance(value, list) else [value]:
+            if ref not in artifacts:
+                raise LockError(f"no such artifact: {ref!r}", where=fmt_path(where + ["inputs", name]),
+                                fix="add that artifact to the lock or correct the path")
+    missing = [n for n, k in t.inputs.items() if not k.startswith("optional") and n not in a.build.inputs]
+    if missing:
+        raise LockError(f"missing input(s) {', '.join(missing)} for transform {t.name!r}",
+                        where=fmt_path(where + ["inputs"]), fix="declare every required input")
+    _validate_params(t.params_schema, dict(a.build.params), where + ["params"])
+    if a.max_size is not None and t.predict_size is not None:
+        need = t.predict_size(dict(a.build.params))
+        if need > a.max_size:
+            raise LockError(f"the recipe implies {need:,} bytes ({need / 1e6:.1f} MB), above max_size "
+                            f"{a.max_size:,} ({a.max_size / 1e6:.1f} MB): this bound cannot hold",
+                            where=fmt_path(["artifacts", a.path, "max_size"]),
+                            fix="raise max_size to the real size or shrink the recipe (dim, layers, vocab, dtype)")
+
+
+def _check_refs(a: Artifact, artifacts: dict, sources: dict) -> None:
+    if a.fetch is not None and a.fetch.source not in sources:
+        raise LockError(f"no such source: {a.fetch.source!r}", where=fmt_path(["artifacts", a.path, "fetch", "source"]),
+                        fix="declare it under `sources:`")
+    for i, c in enumerate(a.checks):
+        for ref in CHECKS[c.name].refs:
+            value = c.params.get(ref)
+            for r in value if isinstance(value, list) else ([value] if value is not None else []):
+                if r not in artifacts:
+                    raise LockError(f"no such artifact: {r!r}",
+                                    where=fmt_path(["artifacts", a.path, "checks", i, c.name, ref]),
+                                    fix="add that artifact to the lock or correct the path")
+
+
+def _check_nesting(paths: list[str]) -> None:
+    ordered = sorted(paths)
+    for a, b in zip(ordered, ordered[1:]):
+        if b.startswith(a + "/"):
+            raise LockError(f"artifact {a!r} is a file but {b!r} needs it to be a folder",
+                            where=fmt_path(["artifacts", b]), fix="rename one of the two artifacts")
+
+
+def topo_order(artifacts: dict[str, Artifact]) -> list[str]:
+    """Dependency order (inputs first), ties broken by path; a cycle is a LockError naming it."""
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    for start in sorted(artifacts):
+        if state.get(start) == 2:
+            continue
+        stack = [(start, iter(sorted(set(artifacts[start].input_paths()))))]
+        state[start] = 1
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                state[node] = 2
+                order.append(node)
+            elif state.get(nxt) == 1:
+                cyc = [n for n, _ in stack][[n for n, _ in stack].index(nxt):] + [nxt]
+                raise LockError("dependency cycle: " + " -> ".join(cyc), where=fmt_path(["artifacts", nxt]),
+                                fix="break the cycle: an artifact cannot be built from itself")
+            elif state.get(nxt) is None:
+                state[nxt] = 1
+                stack.append((nxt, iter(sorted(set(artifacts[nxt].input_paths())))))
+    return order
+
+
+def lock_from_data(data: Any, name: str = "storage.lock.yaml") -> Lock:
+    """Validate plain lock data (schema + semantics) and build the immutable Lock."""
+    load_plugins()
+    if not isinstance(data, dict):
+        raise LockError("the lock must be a YAML mapping with version, storage_version and artifacts",
+                        where=name, fix="see the lock format in README.md")
+    validate_schema(data)
+    sources = {k: Source(k, v["repo"], v["type"], v["revision"], bool(v.get("gated", False)), v.get("licence"))
+               for k, v in (data.get("sources") or {}).items()}
+    for path in data["artifacts"]:
+        check_artifact_path(path)
+    _check_nesting(list(data["artifacts"]))
+    artifacts = {p: _to_artifact(p, raw) for p, raw in data["artifacts"].items()}
+    for a in artifacts.values():
+        if a.build is not None:
+            _check_build(a, artifacts)
+        _check_refs(a, artifacts, sources)
+    ordered = {p: artifacts[p] for p in topo_order(artifacts)}
+    return Lock(version=data["version"], storage_version=str(data["storage_version"]),
+                root=data.get("root", "storage"), sources=sources, artifacts=ordered,
+                digest=sha256_json(data), raw=data)
+
+
+def load_lock(path: str | Path) -> Lock:
+    """Read, parse and validate a lock file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LockError("lock file not found", where=str(p),
+                        fix="run from the folder holding storage.lock.yaml or pass --lock FILE") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LockError(f"cannot read the lock file: {e}", where=str(p), fix="check the file") from None
+    return lock_from_data(parse_yaml(text, str(p)), str(p))
+
+
+def resolve_root(lock_path: str | Path, lock: Lock, override: str | Path | None) -> Path:
+    """The storage root: --root if given, else the lock's `root` relative to the lock file."""
+    if override is not None:
+        return Path(override)
+    return Path(lock_path).resolve().parent / lock.root

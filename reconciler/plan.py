@@ -1,0 +1,211 @@
+"""The planner: a pure function of (lock, observed state) -> Plan.
+
+Nothing here touches disk or network. Each artifact gets exactly one action from a closed
+set, with a human reason. Downstream artifacts are planned from the *plan* of their inputs
+(the sha256 an input will have after apply), not from today's disk: repairing a pinned
+input does not rebuild its consumers, while an input that will change to unknown bytes does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import LockError
+from .hashing import sha256_json
+from .registry import TRANSFORMS
+from .spec import Artifact, Lock
+from .state import Observed
+
+FORMAT_VERSION = 1
+ACTIONS = ("ok", "fetch", "build", "rebuild", "blocked")
+
+
+@dataclass(frozen=True)
+class Action:
+    """What apply will do for one artifact, and why."""
+
+    path: str
+    action: str  # one of ACTIONS
+    reason: str
+    kind: str  # "fetch" | "build"
+    inputs: tuple[str, ...] = ()
+    recipe_hash: str | None = None
+    expected_sha256: str | None = None
+    found_sha256: str | None = None
+    download_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan is a value: versioned, serialisable, and tied to the lock and state it came from."""
+
+    lock_digest: str
+    state_digest: str
+    actions: tuple[Action, ...]
+    untracked: tuple[str, ...] = ()
+    format_version: int = FORMAT_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def pending(self) -> list[Action]:
+        """Actions that change something (everything but ok)."""
+        return [a for a in self.actions if a.action != "ok"]
+
+    def counts(self) -> dict[str, int]:
+        """Number of actions of each kind."""
+        out = {k: 0 for k in ACTIONS}
+        for a in self.actions:
+            out[a.action] += 1
+        return out
+
+    def summary(self) -> str:
+        """`Plan: 2 to fetch, 5 to build, 1 to rebuild, 12 up to date` (+ blocked)."""
+        c = self.counts()
+        text = (f"Plan: {c['fetch']} to fetch, {c['build']} to build, {c['rebuild']} to rebuild, "
+                f"{c['ok']} up to date")
+        return text + (f", {c['blocked']} blocked" if c["blocked"] else "")
+
+    def to_json(self) -> dict:
+        """The plan's JSON form (schemas/plan.schema.json)."""
+        return {"format_version": self.format_version, "lock_digest": self.lock_digest,
+                "state_digest": self.state_digest, "summary": self.counts(),
+                "actions": [asdict(a) | {"inputs": list(a.inputs)} for a in self.actions],
+                "untracked": list(self.untracked)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Plan:
+        """Parse a saved plan, refusing other format versions."""
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            raise LockError(f"unsupported plan format {data.get('format_version') if isinstance(data, dict) else '?'}"
+                            f" (this reconcile reads {FORMAT_VERSION})", fix="re-run `reconcile plan --out FILE`")
+        actions = tuple(Action(**(a | {"inputs": tuple(a["inputs"])})) for a in data["actions"])
+        return cls(data["lock_digest"], data["state_digest"], actions, tuple(data.get("untracked", [])))
+
+
+def state_digest(observed: Mapping[str, Observed]) -> str:
+    """Digest of everything the planner looked at on disk (a saved plan is stale when it moves)."""
+    return sha256_json([observed[p].as_dict() for p in sorted(observed)])
+
+
+def fetch_recipe(lock: Lock, a: Artifact, obs: Observed) -> dict:
+    """What a fetch depends on: repo, type, file and the commit (pinned, or the one last fetched)."""
+    src = lock.sources[a.fetch.source]
+    commit = src.revision
+    prov = obs.prov or {}
+    if not src.pinned and prov.get("ref") == src.revision and prov.get("commit"):
+        commit = prov["commit"]  # a branch is fresh at the commit it was fetched from; `lock` pins it
+    what = {"path": a.fetch.path} if a.fetch.path else {"glob": a.fetch.glob}
+    return {"fetch": {"repo": src.repo, "type": src.type, "commit": commit, **what}}
+
+
+def build_recipe(a: Artifact, input_sha: Mapping[str, str | None]) -> dict | None:
+    """Transform, version, canonical params and input sha256s; None while an input is unknown."""
+    t = TRANSFORMS[a.build.transform]
+    inputs: dict[str, Any] = {}
+    for name, v in sorted(a.build.inputs.items()):
+        shas = [input_sha[p] for p in (v if isinstance(v, list) else [v])]
+        if any(s is None for s in shas):
+            return None
+        inputs[name] = shas if isinstance(v, list) else shas[0]
+    return {"transform": t.name, "version": t.version, "params": json.loads(json.dumps(a.build.params)),
+            "inputs": inputs}
+
+
+def recipe_change(old: Mapping | None, new: Mapping) -> str:
+    """Say what differs between a recorded recipe and the current one."""
+    if not old:
+        return "recipe changed"
+    if "fetch" in new:
+        o, n = old.get("fetch", {}), new["fetch"]
+        diffs = [f"{k} {o.get(k)} -> {n.get(k)}" for k in sorted(n) if o.get(k) != n.get(k)]
+        return "source changed: " + ", ".join(diffs)
+    if old.get("transform") != new["transform"]:
+        return f"transform changed: {old.get('transform')} -> {new['transform']}"
+    if old.get("version") != new["version"]:
+        return f"transform {new['transform']} version {old.get('version')} -> {new['version']}"
+    op, np_ = old.get("params", {}), new["params"]
+    for k in sorted(set(op) | set(np_)):
+        if op.get(k) != np_.get(k):
+            return f"recipe changed: param {k} {json.dumps(op.get(k))} -> {json.dumps(np_.get(k))}"
+    oi, ni = old.get("inputs", {}), new["inputs"]
+    for k in sorted(set(oi) | set(ni)):
+        if oi.get(k) != ni.get(k):
+            return f"recipe changed: input {k} has new bytes"
+    return "recipe changed"
+
+
+def _short(sha: str | None) -> str:
+    return sha if sha else "nothing"
+
+
+def _plan_fetch(lock: Lock, a: Artifact, obs: Observed) -> tuple[Action, str | None]:
+    recipe = fetch_recipe(lock, a, obs)
+    rh = sha256_json(recipe)
+    common = {"path": a.path, "kind": "fetch", "recipe_hash": rh, "expected_sha256": a.sha256,
+              "found_sha256": obs.sha256, "download_bytes": a.size}
+    if obs.kind == "wrong_type":
+        what = "a folder" if not a.is_dir else "a file"
+        return Action(action="blocked", reason=f"{what} sits where the artifact should be; move it away", **common), None
+    if obs.kind == "missing" or (a.is_dir and obs.sha256 is None):
+        return Action(action="fetch", reason="missing" if obs.kind == "missing" else "incomplete", **common), a.sha256
+    if a.sha256:
+        if obs.sha256 == a.sha256:
+            return Action(action="ok", reason="sha256 matches the pin", **common), a.sha256
+        return Action(action="fetch", reason=f"sha256 mismatch: expected {a.sha256}, found {obs.sha256}",
+                      **common), a.sha256
+    if obs.prov_recipe != rh:
+        reason = recipe_change((obs.prov or {}).get("recipe"), recipe) if obs.prov else "no fetch record and no pin"
+        return Action(action="fetch", reason=reason, **common), None
+    if obs.prov_sha256 != obs.sha256:
+        return Action(action="fetch", reason=f"changed on disk since fetched: expected {obs.prov_sha256}, "
+                                             f"found {obs.sha256}", **common), None
+    return Action(action="ok", reason="matches its fetch record (unpinned: run `reconcile lock`)", **common), obs.sha256
+
+
+def _plan_build(a: Artifact, obs: Observed, planned: Mapping[str, str | None],
+                by_path: Mapping[str, Action]) -> tuple[Action, str | None]:
+    ins = tuple(a.input_paths())
+    blocked = [p for p in ins if by_path[p].action == "blocked"]
+    recipe = build_recipe(a, planned)
+    rh = sha256_json(recipe) if recipe else None
+    common = {"path": a.path, "kind": "build", "inputs": ins, "recipe_hash": rh,
+              "expected_sha256": a.sha256, "found_sha256": obs.sha256}
+    if blocked:
+        return Action(action="blocked", reason=f"input {blocked[0]} cannot be produced", **common), None
+    if obs.kind == "wrong_type":
+        return Action(action="blocked", reason="a folder sits where the file should be; move it away", **common), None
+    if obs.kind == "missing":
+        return Action(action="build", reason="missing", **common), a.sha256
+    if recipe is None:
+        changing = next(p for p in ins if planned[p] is None)
+        return Action(action="rebuild", reason=f"input {changing} will change", **common), a.sha256
+    if a.sha256 and obs.sha256 != a.sha256:
+        return Action(action="rebuild", reason=f"sha256 mismatch: expected {a.sha256}, found {obs.sha256}",
+                      **common), a.sha256
+    if obs.prov is None:
+        if a.sha256:  # bytes equal the pin: the lock vouches for them even without a build record
+            return Action(action="ok", reason="sha256 matches the pin (no build record)", **common), a.sha256
+        return Action(action="rebuild", reason="no build record and no pin", **common), None
+    if obs.prov_recipe != rh:
+        return Action(action="rebuild", reason=recipe_change(obs.prov.get("recipe"), recipe), **common), a.sha256
+    if not a.sha256 and obs.prov_sha256 != obs.sha256:
+        return Action(action="rebuild", reason=f"changed on disk since built: expected {_short(obs.prov_sha256)}, "
+                                               f"found {obs.sha256}", **common), None
+    return Action(action="ok", reason="recipe and bytes match", **common), obs.sha256
+
+
+def make_plan(lock: Lock, observed: Mapping[str, Observed], untracked: tuple[str, ...] = ()) -> Plan:
+    """Decide one action per artifact, in dependency order. Pure: no disk, no network."""
+    planned: dict[str, str | None] = {}  # sha256 each artifact will have after apply (None = unknown)
+    by_path: dict[str, Action] = {}
+    for path, a in lock.artifacts.items():
+        obs = observed[path]
+        if a.fetch is not None:
+            action, sha = _plan_fetch(lock, a, obs)
+        else:
+            action, sha = _plan_build(a, obs, planned, by_path)
+        by_path[path] = action
+        planned[path] = sha
+    return Plan(lock.digest, state_digest(observed), tuple(by_path.values()), tuple(untracked))

@@ -1,0 +1,184 @@
+"""Observe the disk: what each artifact is now, through a stat cache; provenance records.
+
+Observation never writes artifacts; it only records hashes it computed in the stat cache
+(`<root>/.reconcile/cache.sqlite`), keyed like DVC's by (device, inode, size, mtime_ns)
+plus ctime_ns, which no user-level tool can set back, so an edited file never matches a
+stale entry. Provenance is one JSON file per artifact (`.reconcile/provenance/`), written
+atomically, so concurrent applies never lose each other's records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .hashing import sha256_file, tree_sha256
+from .lockfile import STATE_DIR
+from .publish import TMP_PREFIX, write_bytes_atomic
+from .spec import Artifact, Lock
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One artifact as found on disk, plus what its provenance record says."""
+
+    path: str
+    kind: str  # "missing" | "file" | "dir" | "wrong_type"
+    size: int | None = None
+    sha256: str | None = None
+    members: Mapping[str, str] | None = None  # dir artifacts: relpath -> sha256 of present members
+    prov_recipe: str | None = None  # recipe hash recorded when it was last produced
+    prov_sha256: str | None = None  # sha256 recorded when it was last produced
+    prov: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict:
+        """Plain data (for digests and JSON)."""
+        return {"path": self.path, "kind": self.kind, "size": self.size, "sha256": self.sha256,
+                "members": dict(self.members) if self.members is not None else None,
+                "prov_recipe": self.prov_recipe, "prov_sha256": self.prov_sha256}
+
+
+class StatCache:
+    """sqlite map (dev, ino, size, mtime_ns, ctime_ns) -> sha256, safe across processes."""
+
+    def __init__(self, root: Path):
+        self.path = root / STATE_DIR / "cache.sqlite"
+        self._local = threading.local()
+        self.hashed: list[str] = []  # paths hashed (not served from the cache) by this process
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection | None:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if not self.path.parent.is_dir():
+                return None  # observing must not create state; apply creates the folder
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, key TEXT, sha256 TEXT)")
+            db.execute("CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, detail TEXT)")
+            self._local.db = db
+        return db
+
+    @staticmethod
+    def _key(st: os.stat_result) -> str:
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+    def sha256(self, rel: str, full: Path, deep: bool = False) -> str:
+        """sha256 of a file: from the cache when its stat key matches (unless deep), else hashed."""
+        st = full.stat()
+        key = self._key(st)
+        db = self._db()
+        if db is not None and not deep:
+            row = db.execute("SELECT key, sha256 FROM stat WHERE path=?", (rel,)).fetchone()
+            if row and row[0] == key:
+                return row[1]
+        sha = sha256_file(full)
+        with self._lock:
+            self.hashed.append(rel)
+        if full.stat().st_mtime_ns == st.st_mtime_ns:  # unchanged while we read it
+            self.remember(rel, key, sha)
+        return sha
+
+    def remember(self, rel: str, key: str, sha: str) -> None:
+        """Record a hash the caller knows (e.g. computed while publishing)."""
+        db = self._db()
+        if db is not None:
+            db.execute("INSERT OR REPLACE INTO stat VALUES (?,?,?)", (rel, key, sha))
+
+    def remember_file(self, rel: str, full: Path, sha: str) -> None:
+        """Record the sha256 of a file just published (stat taken now, after the rename)."""
+        self.remember(rel, self._key(full.stat()), sha)
+
+    def check_result(self, key: str) -> str | None:
+        """A cached successful check result (its detail), or None."""
+        db = self._db()
+        row = db.execute("SELECT detail FROM checks WHERE key=?", (key,)).fetchone() if db else None
+        return row[0] if row else None
+
+    def remember_check(self, key: str, detail: str) -> None:
+        """Cache a successful check result keyed by check, params and input hashes."""
+        db = self._db()
+        if db is not None:
+            db.execute("INSERT OR REPLACE INTO checks VALUES (?,?)", (key, detail))
+
+
+def provenance_path(root: Path, rel: str) -> Path:
+    """Where the provenance record of an artifact lives."""
+    return root / STATE_DIR / "provenance" / (hashlib.sha256(rel.encode()).hexdigest()[:32] + ".json")
+
+
+def read_provenance(root: Path, rel: str) -> dict | None:
+    """The provenance record of an artifact, or None (missing or unreadable = unknown)."""
+    try:
+        rec = json.loads(provenance_path(root, rel).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("path") == rel else None
+
+
+def write_provenance(root: Path, rel: str, record: dict) -> None:
+    """Atomically write an artifact's provenance record."""
+    data = json.dumps(dict(record, path=rel), sort_keys=True, indent=2).encode() + b"\n"
+    write_bytes_atomic(provenance_path(root, rel), data, where=rel)
+
+
+def _observe_one(a: Artifact, root: Path, cache: StatCache, deep: bool) -> Observed:
+    full = root / a.path
+    prov = read_provenance(root, a.path)
+    pr = (prov or {}).get("recipe_hash"), (prov or {}).get("sha256")
+    if a.is_dir:
+        if not full.exists():
+            return Observed(a.path, "missing", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
+        if not full.is_dir() or full.is_symlink():
+            return Observed(a.path, "wrong_type", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
+        names = a.files or (prov or {}).get("members") or {}
+        members = {n: cache.sha256(f"{a.path}/{n}", full / n, deep) for n in sorted(names) if (full / n).is_file()}
+        complete = bool(names) and len(members) == len(names)
+        return Observed(a.path, "dir", None, tree_sha256(members) if complete else None, members,
+                        pr[0], pr[1], prov)
+    if full.is_symlink() or (full.exists() and not full.is_file()):
+        return Observed(a.path, "wrong_type", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
+    if not full.exists():
+        return Observed(a.path, "missing", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
+    return Observed(a.path, "file", full.stat().st_size, cache.sha256(a.path, full, deep), None, pr[0], pr[1], prov)
+
+
+def observe(lock: Lock, root: Path, cache: StatCache, *, deep: bool = False,
+            paths: list[str] | None = None) -> dict[str, Observed]:
+    """Observe artifacts (all, or `paths`), hashing on every core; the cache spares unchanged files."""
+    wanted = [lock.artifacts[p] for p in (paths if paths is not None else lock.artifacts)]
+    workers = max(1, min(len(wanted), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: one file per core
+        found = list(pool.map(lambda a: _observe_one(a, root, cache, deep), wanted))
+    return {o.path: o for o in found}
+
+
+def untracked(lock: Lock, root: Path) -> list[str]:
+    """Files under the root that no artifact owns (reported, never touched), sorted."""
+    owned = set(lock.artifacts)
+    dirs = {p for p, a in lock.artifacts.items() if a.is_dir}
+    out = []
+    if not root.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != STATE_DIR]
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel in owned or rel == "README.md" and rel_dir == ".":
+                continue
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            if parent in dirs and not name.startswith(TMP_PREFIX):
+                members = (lock.artifacts[parent].files or {})
+                if not members or name in members:
+                    continue
+            out.append(rel)
+    return sorted(out)

@@ -1,0 +1,142 @@
+"""`reconcile check`: the pre-training gate.
+
+Every targeted artifact must exist with its pinned size and sha256 (through the stat
+cache, or rehashed with `deep`), and pass the checks it declares. Check results are cached
+by (check, version, params, the sha256 of every file involved), so re-checking unchanged
+storage re-reads nothing; `deep` ignores both caches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CheckFailed, ReconcileError
+from .hashing import sha256_json
+from .lockfile import check_root_containment
+from .registry import CHECKS, CheckContext
+from .spec import Artifact, Lock
+from .state import Observed, StatCache, observe
+
+
+@dataclass
+class ArtifactStatus:
+    """The verdict on one artifact: status ok | missing | drifted | unpinned | failed | wrong_type."""
+
+    path: str
+    status: str
+    detail: str
+    sha256: str | None = None
+    checks: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    """All verdicts plus what the check cost (files hashed vs served from the cache)."""
+
+    artifacts: list[ArtifactStatus]
+    deep: bool
+    hashed: int
+
+    @property
+    def ok(self) -> bool:
+        """True when every targeted artifact is ok."""
+        return all(a.status == "ok" for a in self.artifacts)
+
+    def to_json(self) -> dict:
+        """`{"ok": bool, "artifacts": [{"path", "status", "detail", ...}]}`."""
+        return {"ok": self.ok, "tier": "deep" if self.deep else "fast", "hashed_files": self.hashed,
+                "artifacts": [asdict(a) for a in self.artifacts]}
+
+
+def select(lock: Lock, targets: list[str]) -> list[str]:
+    """Artifacts matching any target (a path prefix or a glob); all when no target is given."""
+    if not targets:
+        return list(lock.artifacts)
+    out = []
+    for p in lock.artifacts:
+        for t in targets:
+            t = t.rstrip("/")
+            if p == t or p.startswith(t + "/") or fnmatch.fnmatchcase(p, t):
+                out.append(p)
+                break
+    if not out:
+        raise ReconcileError(f"no artifact matches {' '.join(targets)}", where="targets",
+                             fix="give a path prefix or glob of artifacts in the lock (see `reconcile plan`)")
+    return out
+
+
+def _bytes_verdict(a: Artifact, o: Observed) -> tuple[str, str]:
+    if o.kind == "missing":
+        return "missing", "missing: run `reconcile apply`"
+    if o.kind == "wrong_type":
+        return "wrong_type", "a folder sits where a file is expected (or the reverse)"
+    if a.is_dir and o.sha256 is None:
+        return "missing", "some files of the folder are missing: run `reconcile apply`"
+    if a.sha256 is None:
+        return "unpinned", f"no sha256 pinned (found {o.sha256}): run `reconcile lock`" + (
+            f"; open because: {a.open}" if a.open else "")
+    if o.sha256 != a.sha256:
+        return "drifted", f"sha256 mismatch: expected {a.sha256}, found {o.sha256}: run `reconcile apply` to repair"
+    if a.size is not None and o.size is not None and o.size != a.size:
+        return "drifted", f"size mismatch: expected {a.size}, found {o.size}"
+    return "ok", "sha256 matches"
+
+
+def _run_checks(lock: Lock, root: Path, a: Artifact, observed: dict[str, Observed], cache: StatCache,
+                deep: bool) -> list[dict]:
+    results = []
+    def sha_of(p: str) -> str | None:
+        if p not in observed:
+            observed.update(observe(lock, root, cache, deep=deep, paths=[p]))
+        return observed[p].sha256
+    for spec in a.checks:
+        chk = CHECKS[spec.name]
+        refs = {r: spec.params.get(r) for r in chk.refs}
+        ref_shas = {r: ([sha_of(x) for x in v] if isinstance(v, list) else sha_of(v)) if v else None
+                    for r, v in refs.items()}
+        key = sha256_json({"check": chk.name, "version": chk.version, "params": spec.params,
+                           "sha256": observed[a.path].sha256, "refs": ref_shas})
+        cached = None if deep else cache.check_result(key)
+        if cached is not None:
+            results.append({"check": chk.name, "ok": True, "detail": cached, "cached": True})
+            continue
+        ctx = CheckContext(root=root, deep=deep, artifact=a.path, lock=lock, observed_sha256=sha_of)
+        try:
+            detail = chk.fn(root / a.path, json.loads(json.dumps(spec.params)), ctx) or "passed"
+        except CheckFailed as e:
+            results.append({"check": chk.name, "ok": False, "detail": e.message})
+            continue
+        except ReconcileError as e:
+            results.append({"check": chk.name, "ok": False, "detail": e.message})
+            continue
+        except Exception as e:  # a corrupt file a check cannot parse is a failed check, not a crash
+            results.append({"check": chk.name, "ok": False, "detail": f"{type(e).__name__}: {e}"})
+            continue
+        cache.remember_check(key, detail)
+        results.append({"check": chk.name, "ok": True, "detail": detail})
+    return results
+
+
+def check(lock: Lock, root: Path, targets: list[str] | None = None, *, deep: bool = False,
+          cache: StatCache | None = None) -> CheckReport:
+    """Verify bytes and declared checks of the targeted artifacts; never writes an artifact."""
+    cache = cache or StatCache(root)
+    check_root_containment(lock, root)
+    paths = select(lock, targets or [])
+    observed = observe(lock, root, cache, deep=deep, paths=paths)
+    out = []
+    for p in paths:
+        a = lock.artifacts[p]
+        status, detail = _bytes_verdict(a, observed[p])
+        st = ArtifactStatus(p, status, detail, observed[p].sha256)
+        if status in ("ok", "unpinned") and a.checks:
+            st.checks = _run_checks(lock, root, a, observed, cache, deep)
+            failed = [c for c in st.checks if not c["ok"]]
+            if failed and status == "ok":
+                st.status = "failed"
+                st.detail = "; ".join(f"check {c['check']}: {c['detail']}" for c in failed)
+        out.append(st)
+    return CheckReport(out, deep, len(set(cache.hashed)))
