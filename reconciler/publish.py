@@ -12,9 +12,9 @@ import errno
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import IntegrityError, ResourceError
 from .hashing import sha256_file
@@ -49,7 +49,7 @@ class HashingWriter:
             os.fsync(self._f.fileno())
             self._f.close()
 
-    def __enter__(self) -> "HashingWriter":
+    def __enter__(self) -> HashingWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,9 +16,10 @@ in `refs` hold artifact paths (a str or list of str); the lock validator resolve
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 InputPaths = Mapping[str, "Path | list[Path]"]
 
@@ -58,7 +59,7 @@ class CheckContext:
     deep: bool
     artifact: str
     lock: Any  # reconciler.lockfile.Lock
-    observed_sha256: Callable[[str], "str | None"] = field(default=lambda p: None)
+    observed_sha256: Callable[[str], str | None] = field(default=lambda p: None)
 
     def path(self, artifact: str) -> Path:
         """Location on disk of another artifact of the lock."""
