@@ -1,0 +1,156 @@
+"""Small pure-PyTorch models (Meta MTP, HF Llama) and safetensors header helpers.
+
+Why here: the `loads` and `config_consistent` checks and the micro-model and config
+transforms must agree on one answer to "which tensors, of which shapes, does this config
+imply", so every one of them asks the model built on the `meta` device (no memory).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import llama, mtp
+
+ARCHES = ("mtp", "llama")
+
+# safetensors dtype codes <-> torch dtype names (the names the locks and configs use).
+ST_TO_NAME = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+NAME_TO_ST = {v: k for k, v in ST_TO_NAME.items()}
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own bound on the JSON header
+
+
+class HeaderError(ValueError):
+    """A file that is not a readable safetensors file."""
+
+
+@dataclass(frozen=True)
+class WeightsSummary:
+    """What a safetensors header says: tensors (dtype name, shape), their dtype and parameter count."""
+
+    tensors: Mapping[str, tuple[str, tuple[int, ...]]]
+    metadata: Mapping[str, str]
+
+    @property
+    def dtypes(self) -> list[str]:
+        """Sorted distinct dtype names of the tensors."""
+        return sorted({d for d, _ in self.tensors.values()})
+
+    @property
+    def dtype(self) -> str:
+        """The one dtype of all tensors, or `mixed(a,b)` when they differ."""
+        ds = self.dtypes
+        return ds[0] if len(ds) == 1 else f"mixed({','.join(ds)})"
+
+    @property
+    def n_params(self) -> int:
+        """Total number of elements over all tensors."""
+        total = 0
+        for _, shape in self.tensors.values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape of a tensor, None when absent."""
+        entry = self.tensors.get(name)
+        return entry[1] if entry else None
+
+
+def read_summary(path: str | Path) -> WeightsSummary:
+    """Parse a safetensors header (8-byte length + JSON) without reading any tensor data."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise HeaderError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise HeaderError(f"{path}: header length {n} is implausible; not a safetensors file")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HeaderError(f"{path}: header is not JSON ({e})") from None
+    meta = header.pop("__metadata__", None) or {}
+    tensors = {}
+    for name, info in header.items():
+        try:
+            tensors[name] = (ST_TO_NAME.get(info["dtype"], info["dtype"]), tuple(int(s) for s in info["shape"]))
+        except (KeyError, TypeError, ValueError):
+            raise HeaderError(f"{path}: header entry {name!r} has no valid dtype/shape") from None
+    return WeightsSummary(tensors, meta)
+
+
+def block_count(names, prefix: str) -> int:
+    """Number of numbered blocks under `prefix` (e.g. `layers.`): highest index + 1, 0 if none."""
+    idx = {int(n[len(prefix):].split(".")[0]) for n in names if n.startswith(prefix)}
+    return max(idx) + 1 if idx else 0
+
+
+def build_model(arch: str, config: Mapping) -> nn.Module:
+    """The model an `arch` and its config imply (Meta params.json for mtp, HF config.json for llama).
+
+    Built on the current default device; wrap in `with torch.device("meta")` for shapes only.
+    Raises ValueError on a config the model cannot represent.
+    """
+    if arch == "mtp":
+        return mtp.MTPTransformer(config)
+    if arch == "llama":
+        return llama.LlamaForCausalLM(config)
+    raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHES)}")
+
+
+def expected_shapes(arch: str, config: Mapping) -> dict[str, tuple[int, ...]]:
+    """The state-dict keys and shapes a config implies, in sorted key order (no memory used)."""
+    with torch.device("meta"):
+        model = build_model(arch, config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if arch == "llama" and model.config["tie_word_embeddings"]:
+        shapes.pop("lm_head.weight")  # tied checkpoints store the embedding once
+    return dict(sorted(shapes.items()))
+
+
+def is_legacy_key(arch: str, name: str) -> bool:
+    """True for a documented legacy buffer that loading ignores (`rope.freqs`, `rotary_emb.inv_freq`)."""
+    return name in mtp.LEGACY_KEYS if arch == "mtp" else llama.is_legacy_key(name)
+
+
+def key_problems(arch: str, expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> list[str]:
+    """Strict key matching: missing keys, unexpected keys and shape mismatches, one line each."""
+    problems = [f"missing tensor {k} (expected shape {list(s)})" for k, s in expected.items() if k not in found]
+    problems += [f"unexpected tensor {k}" for k in sorted(found)
+                 if k not in expected and not is_legacy_key(arch, k)]
+    problems += [f"tensor {k} has shape {list(found[k])}, the config implies {list(s)}"
+                 for k, s in expected.items() if k in found and tuple(found[k]) != tuple(s)]
+    return problems
+
+
+def load_strict(arch: str, config: Mapping, path: str | Path, device: str | torch.device) -> nn.Module:
+    """Build the model and load a safetensors file into it with strict key matching.
+
+    Tensors keep the file's dtype; the model is materialised directly from them on `device`
+    (built on `meta`, then assigned), so memory is one copy of the weights.
+    Raises ValueError listing every key problem.
+    """
+    from safetensors.torch import load_file
+
+    found = {k: s for k, (_, s) in read_summary(path).tensors.items()}
+    problems = key_problems(arch, expected_shapes(arch, config), found)
+    if problems:
+        raise ValueError("; ".join(problems))
+    state = {k: v for k, v in load_file(str(path), device=str(device)).items() if not is_legacy_key(arch, k)}
+    with torch.device("meta"):
+        model = build_model(arch, config)
+    model.load_state_dict(state, strict=False, assign=True)  # keys already matched strictly above
+    if arch == "llama" and model.config["tie_word_embeddings"]:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()

@@ -1,0 +1,267 @@
+"""Micro models: tiny MTP / Llama checkpoints cut from a real base (or seeded), and their configs.
+
+One "micro spec" (the params shared by `micro_model`, `micro_params` and `micro_hf_config`, so a
+lock can write it once with a YAML anchor) fixes every tensor shape. The configs are derived from
+it (plus the base's own config for the fields that do not change sizes), never hand-written, and
+the weights file is written by a tiny streaming safetensors writer whose header is a pure function
+of the spec, so `predict_size` is the exact file size (header included) before anything is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import TransformError
+from ..hashing import pretty_json_bytes
+from ..models import NAME_TO_ST, HeaderError, block_count, expected_shapes, read_summary
+from ..models.mtp import ffn_hidden_dim
+from ..registry import transform
+from .model_configs import read_json_object
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_POS_INT = {"type": "integer", "minimum": 1}
+SPEC_PROPERTIES: dict[str, Any] = {
+    "arch": {"enum": ["mtp", "llama"]},
+    "dim": _POS_INT, "n_layers": _POS_INT, "n_heads": _POS_INT, "n_kv_heads": _POS_INT,
+    "vocab_size": _POS_INT, "n_future_tokens": _POS_INT, "intermediate_size": _POS_INT,
+    "multiple_of": _POS_INT, "ffn_dim_multiplier": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    "norm_eps": {"type": "number", "exclusiveMinimum": 0}, "rope_theta": {"type": "number", "exclusiveMinimum": 0},
+    "dtype": {"enum": sorted(DTYPES)},
+    "init": {"enum": ["slice", "random"]}, "seed": {"type": "integer", "minimum": 0},
+}
+SPEC_REQUIRED = ["arch", "dim", "n_layers", "n_heads", "vocab_size", "dtype"]
+CONFIG_SCHEMA = {"type": "object", "additionalProperties": False, "required": SPEC_REQUIRED,
+                 "properties": SPEC_PROPERTIES}
+MODEL_SCHEMA = {**CONFIG_SCHEMA, "required": [*SPEC_REQUIRED, "init"]}
+LLAMA_DEFAULTS = {"bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "initializer_range": 0.02,
+                  "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+# Keys of an HF base config that would describe the base, not the micro model.
+_HF_DROPPED = ("_name_or_path", "transformers_version", "head_dim")
+
+
+# ---- the spec -> configs ---------------------------------------------------------------------------
+
+def micro_meta_params(params: Mapping, base: Mapping | None = None) -> dict:
+    """Meta params.json of an mtp micro spec; norm_eps / rope_theta inherited from the base's params."""
+    _need_arch(params, "mtp")
+    if "intermediate_size" in params:
+        raise TransformError("arch mtp takes its FFN width from multiple_of / ffn_dim_multiplier (LLaMA rule), "
+                             "not intermediate_size", where="params.intermediate_size",
+                             fix="remove intermediate_size, or set multiple_of / ffn_dim_multiplier")
+    base = base or {}
+    out = {k: params[k] for k in ("dim", "n_layers", "n_heads", "vocab_size")}
+    out["n_kv_heads"] = params.get("n_kv_heads", params["n_heads"])
+    out["n_future_tokens"] = params.get("n_future_tokens", 1)
+    out["multiple_of"] = params.get("multiple_of", 256)
+    out["ffn_dim_multiplier"] = params.get("ffn_dim_multiplier")
+    out["norm_eps"] = params.get("norm_eps", base.get("norm_eps", 1e-5))
+    out["rope_theta"] = params.get("rope_theta", base.get("rope_theta", 10000.0))
+    return out
+
+
+def micro_llama_config(params: Mapping, base: Mapping | None = None) -> dict:
+    """HF config.json of a llama micro spec: the base config's other fields, the spec's sizes."""
+    _need_arch(params, "llama")
+    if params.get("n_future_tokens", 1) != 1:
+        raise TransformError("arch llama has one prediction head; n_future_tokens must be 1 or absent",
+                             where="params.n_future_tokens", fix="use arch: mtp for multi-token prediction")
+    c = {**LLAMA_DEFAULTS, **{k: v for k, v in (base or {}).items() if k not in _HF_DROPPED}}
+    ffn = ffn_hidden_dim(params["dim"], params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
+    c.update({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": params["dim"], "num_hidden_layers": params["n_layers"],
+        "num_attention_heads": params["n_heads"], "num_key_value_heads": params.get("n_kv_heads", params["n_heads"]),
+        "intermediate_size": params.get("intermediate_size", ffn), "vocab_size": params["vocab_size"],
+        "torch_dtype": params["dtype"], "tie_word_embeddings": False,
+    })
+    for key in ("norm_eps", "rope_theta"):
+        if key in params:
+            c["rms_norm_eps" if key == "norm_eps" else key] = params[key]
+    return c
+
+
+def micro_config(params: Mapping, base: Mapping | None = None) -> dict:
+    """The model config (Meta params.json or HF config.json) a micro spec implies."""
+    return micro_meta_params(params, base) if params["arch"] == "mtp" else micro_llama_config(params, base)
+
+
+def micro_shapes(params: Mapping) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a micro spec, sorted by name (the file's order)."""
+    try:
+        return expected_shapes(params["arch"], micro_config(params))
+    except ValueError as e:
+        raise TransformError(str(e), where="params", fix="choose dims that divide evenly") from None
+
+
+def _need_arch(params: Mapping, arch: str) -> None:
+    if params.get("arch") != arch:
+        raise TransformError(f"this transform needs arch {arch}, the spec says {params.get('arch')!r}",
+                             where="params.arch", fix=f"set arch: {arch} or use the other config transform")
+
+
+# ---- the safetensors layout ------------------------------------------------------------------------
+
+def safetensors_header(shapes: Mapping[str, tuple[int, ...]], dtype: str) -> bytes:
+    """The exact 8-byte length + JSON header the writer emits: sorted names, contiguous data, 8-aligned."""
+    itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # HF loaders want format=pt
+    offset = 0
+    for name in sorted(shapes):
+        n = itemsize
+        for s in shapes[name]:
+            n *= s
+        header[name] = {"dtype": NAME_TO_ST[dtype], "shape": list(shapes[name]), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to 8 bytes
+    return struct.pack("<Q", len(text)) + text
+
+
+def predict_micro_size(params: Mapping) -> int:
+    """Exact byte size of the micro model file a spec implies: header plus tensor bytes."""
+    shapes = micro_shapes(params)
+    itemsize = torch.empty(0, dtype=DTYPES[params["dtype"]]).element_size()
+    data = sum(itemsize * _numel(s) for s in shapes.values())
+    return len(safetensors_header(shapes, params["dtype"])) + data
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+# ---- the weights -----------------------------------------------------------------------------------
+
+def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Seeded float32 init: N(0, 0.02) for matrices, ones for norm weights; independent of order."""
+    if len(shape) == 1:
+        return torch.ones(shape)
+    # A per-tensor seed derived from (seed, name): adding or reordering tensors changes no other tensor.
+    derived = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+    return torch.randn(shape, generator=torch.Generator().manual_seed(derived)) * 0.02
+
+
+def base_name_map(params: Mapping, base_names) -> dict[str, str]:
+    """micro tensor name -> base tensor name, keeping each block's role.
+
+    mtp: trunk `layers.i` <- base `layers.i`; the first prediction head (micro `layers[-1]`)
+    <- base `layers[-1]`; `extra_heads.j` <- base `extra_heads.j`. llama: same names.
+    """
+    shapes = micro_shapes(params)
+    names = set(base_names)
+    emb = "tok_embeddings.weight" if params["arch"] == "mtp" else "model.embed_tokens.weight"
+    if emb not in names:
+        raise TransformError(f"the base has no {emb}: it is not a {params['arch']}-named checkpoint",
+                             where="base", fix="use a Meta-named base for arch mtp, an HF-named one for llama")
+    if params["arch"] == "llama":
+        return {n: n for n in shapes}
+    micro_layers = block_count(shapes, "layers.")
+    base_layers, base_extra = block_count(names, "layers."), block_count(names, "extra_heads.")
+    head = f"layers.{micro_layers - 1}."
+    mapping = {n: f"layers.{base_layers - 1}.{n[len(head):]}" if n.startswith(head) else n for n in shapes}
+    need_extra = block_count(shapes, "extra_heads.")
+    if need_extra > base_extra or micro_layers > base_layers:
+        raise TransformError(f"the micro spec needs {micro_layers} layers and {need_extra} extra heads; the base has "
+                             f"{base_layers} and {base_extra}", where="base",
+                             fix="lower n_layers / n_future_tokens, or use init: random")
+    return mapping
+
+
+def sliced_tensor(handle, base_name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The leading `shape` slice of a base tensor, reading only that region from disk."""
+    try:
+        sl = handle.get_slice(base_name)
+    except Exception:  # safetensors raises its own error type for a missing name
+        raise TransformError(f"the base has no tensor {base_name}", where="base",
+                             fix="use a base with the same layout, or init: random") from None
+    have = tuple(sl.get_shape())
+    if len(have) != len(shape) or any(h < s for h, s in zip(have, shape)):
+        raise TransformError(f"base tensor {base_name} has shape {list(have)}; cannot cut {list(shape)} from it",
+                             where="base", fix="make the micro spec no larger than the base")
+    return sl[tuple(slice(0, s) for s in shape)]
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    # Through uint8 so bfloat16 (which numpy lacks) works too; safetensors is little-endian like the host.
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def _check_base_config(params: Mapping, base_config: dict, base_shapes: Mapping) -> None:
+    """The base config, when given, must be the base's: same embedding shape."""
+    emb = "tok_embeddings.weight" if params["arch"] == "mtp" else "model.embed_tokens.weight"
+    dim_key, vocab_key = ("dim", "vocab_size") if params["arch"] == "mtp" else ("hidden_size", "vocab_size")
+    shape = base_shapes.get(emb)
+    want = (base_config.get(vocab_key), base_config.get(dim_key))
+    if shape is not None and tuple(shape) != want:
+        raise TransformError(f"config says ({vocab_key}, {dim_key}) = {want} but base {emb} is {list(shape)}",
+                             where="config", fix="give the config that belongs to the base")
+
+
+@transform("micro_model", "1", inputs={"base": "optional-file", "config": "optional-file"},
+           params_schema=MODEL_SCHEMA, predict_size=predict_micro_size)
+def micro_model(inputs, params, out):
+    """A micro MTP or Llama safetensors: leading slices of a real base (init: slice) or seeded (random)."""
+    shapes = micro_shapes(params)
+    dtype = DTYPES[params["dtype"]]
+    base = inputs.get("base")
+    if params["init"] == "slice" and base is None:
+        raise TransformError("init: slice needs a base checkpoint", where="inputs.base",
+                             fix="add inputs.base (a safetensors file), or use init: random")
+    header = safetensors_header(shapes, params["dtype"])
+    if params["init"] == "random":
+        with out.open() as f:
+            f.write(header)
+            for name, shape in shapes.items():
+                f.write(_tensor_bytes(random_tensor(name, shape, params.get("seed", 0)).to(dtype)))
+        return {"n_params": sum(map(_numel, shapes.values())), "init": "random"}
+    return _write_sliced(inputs, params, out, shapes, header)
+
+
+def _write_sliced(inputs, params, out, shapes, header) -> dict:
+    from safetensors import safe_open
+
+    try:
+        base_shapes = {k: s for k, (_, s) in read_summary(inputs["base"]).tensors.items()}
+    except HeaderError as e:
+        raise TransformError(str(e), where="base", fix="point base at a safetensors checkpoint") from None
+    base_config = _base_config(inputs)
+    if base_config is not None:
+        _check_base_config(params, base_config, base_shapes)
+    mapping = base_name_map(params, base_shapes)
+    dtype = DTYPES[params["dtype"]]
+    with safe_open(str(inputs["base"]), framework="pt") as handle, out.open() as f:
+        f.write(header)
+        for name, shape in shapes.items():
+            f.write(_tensor_bytes(sliced_tensor(handle, mapping[name], shape).to(dtype)))
+    return {"n_params": sum(map(_numel, shapes.values())), "init": "slice",
+            "renamed": {k: v for k, v in sorted(mapping.items()) if k != v}}
+
+
+def _base_config(inputs) -> dict | None:
+    return read_json_object(inputs["config"], "config") if inputs.get("config") is not None else None
+
+
+@transform("micro_params", "1", inputs={"config": "optional-file"}, params_schema=CONFIG_SCHEMA)
+def micro_params(inputs, params, out):
+    """Meta params.json of an mtp micro spec (norm_eps / rope_theta from the base's params.json if given)."""
+    micro_shapes(params)  # refuse a spec the model cannot represent
+    cfg = micro_meta_params(params, _base_config(inputs))
+    with out.open() as f:
+        f.write(pretty_json_bytes(cfg))
+
+
+@transform("micro_hf_config", "1", inputs={"config": "optional-file"}, params_schema=CONFIG_SCHEMA)
+def micro_hf_config(inputs, params, out):
+    """HF LlamaForCausalLM config.json of a llama micro spec (other fields from the base's config.json)."""
+    micro_shapes(params)
+    cfg = micro_llama_config(params, _base_config(inputs))
+    with out.open() as f:
+        f.write(pretty_json_bytes(cfg))

@@ -1,0 +1,227 @@
+"""Derived model configs: every field read from an upstream file or a safetensors header.
+
+Nothing here is hand-written or time-dependent: the same inputs give the same bytes
+(sorted keys; canonical JSON via `pretty_json_bytes`, YAML via `yaml.safe_dump`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import TransformError
+from ..hashing import pretty_json_bytes, sha256_file
+from ..models import HeaderError, WeightsSummary, read_summary
+from ..models.mtp import ffn_hidden_dim, meta_params_with_defaults
+from ..registry import transform
+
+TORCH_DTYPES = ["bfloat16", "float16", "float32"]
+_NO_PARAMS = {"type": "object", "additionalProperties": False, "properties": {}}
+
+
+def read_json_object(path: Path, where: str) -> dict:
+    """A JSON object from an input file, or a TransformError naming the input."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TransformError(f"not valid JSON ({e})", where=where, fix="point this input at the JSON file") from None
+    if not isinstance(value, dict):
+        raise TransformError("expected a JSON object", where=where, fix="point this input at the JSON file")
+    return value
+
+
+def read_weights(path: Path, where: str) -> WeightsSummary:
+    """The safetensors header of an input, or a TransformError naming the input."""
+    try:
+        return read_summary(path)
+    except HeaderError as e:
+        raise TransformError(str(e), where=where, fix="point this input at a safetensors file") from None
+
+
+def adapter_fields(meta: dict, weights: WeightsSummary) -> dict[str, Any]:
+    """HF-style fields of a Meta params.json; vocab -1 (LLaMA-1 style) is read from the embedding."""
+    meta = dict(meta)
+    emb = weights.shape("tok_embeddings.weight")
+    if meta.get("vocab_size", -1) == -1 and emb is not None:
+        meta["vocab_size"] = emb[0]
+    try:
+        p = meta_params_with_defaults(meta)
+    except ValueError as e:
+        raise TransformError(str(e), where="params", fix="point params at the checkpoint's params.json") from None
+    if emb is not None and tuple(emb) != (p["vocab_size"], p["dim"]):
+        raise TransformError(f"params.json says (vocab_size, dim) = ({p['vocab_size']}, {p['dim']}) but "
+                             f"tok_embeddings.weight is {list(emb)}", where="params",
+                             fix="give the params.json that belongs to these weights")
+    return {
+        "hidden_size": p["dim"], "num_hidden_layers": p["n_layers"],
+        "num_attention_heads": p["n_heads"], "num_key_value_heads": p["n_kv_heads"],
+        "intermediate_size": ffn_hidden_dim(p["dim"], p["multiple_of"], p["ffn_dim_multiplier"]),
+        "rope_theta": float(p["rope_theta"]), "rms_norm_eps": float(p["norm_eps"]),
+        "vocab_size": p["vocab_size"], "n_future_tokens": p["n_future_tokens"],
+    }
+
+
+@transform("meta_adapter", "1", inputs={"params": "file", "weights": "file"}, params_schema=_NO_PARAMS)
+def meta_adapter(inputs, params, out):
+    """configs/meta_adapter.yaml: HF-style sizes of a Meta params.json plus the weights' dtype."""
+    weights = read_weights(inputs["weights"], "weights")
+    if len(weights.dtypes) != 1:
+        raise TransformError(f"the weights mix dtypes {weights.dtypes}; the adapter needs one", where="weights",
+                             fix="convert the checkpoint to a single dtype first")
+    cfg = adapter_fields(read_json_object(inputs["params"], "params"), weights)
+    cfg["dtype"] = weights.dtype
+    with out.open() as f:
+        f.write(yaml.safe_dump(cfg, sort_keys=True, default_flow_style=False).encode("utf-8"))
+    return {"dtype": cfg["dtype"], "intermediate_size": cfg["intermediate_size"]}
+
+
+# ---- SentencePiece -----------------------------------------------------------------------------
+
+SP_MODEL_TYPES = {1: "UNIGRAM", 2: "BPE", 3: "WORD", 4: "CHAR"}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def proto_fields(buf: bytes):
+    """Yield (field number, value) of a protobuf message; length-delimited values as bytes."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            value, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield key >> 3, value
+
+
+def trainer_spec_facts(model_bytes: bytes) -> dict[str, Any]:
+    """model_type and byte_fallback from ModelProto.trainer_spec (field 2: fields 3 and 35).
+
+    The sentencepiece processor API exposes neither, and its protobuf module needs the
+    `protobuf` package, which is not a dependency; the two fields are simple to read directly.
+    """
+    model_type, byte_fallback = 1, False  # proto2 defaults: UNIGRAM, no byte fallback
+    for field, value in proto_fields(model_bytes):
+        if field == 2:
+            for sub, v in proto_fields(value):
+                if sub == 3:
+                    model_type = v
+                elif sub == 35:
+                    byte_fallback = bool(v)
+    return {"model_type": SP_MODEL_TYPES.get(model_type, f"unknown({model_type})"), "byte_fallback": byte_fallback}
+
+
+def sentencepiece_facts(path: Path) -> dict[str, Any]:
+    """Vocab size, special ids and pieces, model type and byte fallback of a SentencePiece model."""
+    import sentencepiece as spm
+
+    data = Path(path).read_bytes()
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=data)
+        facts = trainer_spec_facts(data)
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise TransformError(f"not a SentencePiece model ({e})", where="tokenizer",
+                             fix="point tokenizer at a tokenizer.model file") from None
+
+    def piece(i: int) -> str | None:
+        return sp.id_to_piece(i) if 0 <= i < sp.vocab_size() else None
+
+    facts.update({"vocab_size": sp.vocab_size()})
+    for role in ("unk", "bos", "eos", "pad"):
+        i = getattr(sp, f"{role}_id")()
+        facts[f"{role}_id"] = i if i >= 0 else None
+        facts[f"{role}_token"] = piece(i)
+    return facts
+
+
+@transform("tokenizer_config", "1", inputs={"tokenizer": "file"},
+           params_schema={"type": "object", "additionalProperties": False,
+                          "properties": {"tokenizer_class": {"type": "string"}}})
+def tokenizer_config(inputs, params, out):
+    """tokenizer/tokenizer_config.json read from the SentencePiece model (HF-loadable keys + SP facts)."""
+    facts = sentencepiece_facts(inputs["tokenizer"])
+    # HF tokenizer loaders read these keys (unknown ones are ignored), so the file is safe next to
+    # tokenizer.model: BOS added, EOS not (LLaMA's convention).
+    cfg = {**facts, "tokenizer_class": params.get("tokenizer_class", "LlamaTokenizer"),
+           "add_bos_token": True, "add_eos_token": False}
+    with out.open() as f:
+        f.write(pretty_json_bytes(cfg))
+    return {"vocab_size": facts["vocab_size"], "model_type": facts["model_type"]}
+
+
+# ---- metadata and HF config ----------------------------------------------------------------------
+
+METADATA_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "required": ["model_name", "storage_version", "source_repo", "source_revision", "tokenizer_shared_with"],
+    "properties": {
+        "model_name": {"type": "string"}, "storage_version": {"type": "string"},
+        "source_repo": {"type": "string"}, "source_revision": {"type": "string"},
+        "tokenizer_shared_with": {"type": "array", "items": {"type": "string"}},
+        "target_device": {"type": "string"}, "extra": {"type": "object"},
+    },
+}
+
+
+@transform("model_metadata", "1", inputs={"weights": "file", "tokenizer": "file", "checkpoint": "optional-file"},
+           params_schema=METADATA_SCHEMA)
+def model_metadata(inputs, params, out):
+    """metadata.json: names, provenance, dtype and n_params from the header, input sha256s."""
+    weights = read_weights(inputs["weights"], "weights")
+    meta: dict[str, Any] = {
+        "model_name": params["model_name"], "storage_version": params["storage_version"],
+        "source_repo": params["source_repo"], "source_revision": params["source_revision"],
+        "tokenizer_shared_with": list(params["tokenizer_shared_with"]),
+        "dtype": weights.dtype, "n_params": weights.n_params, "n_tensors": len(weights.tensors),
+        "tokenizer_sha256": sha256_file(inputs["tokenizer"]),
+    }
+    if inputs.get("checkpoint") is not None:
+        meta["checkpoint_sha256"] = sha256_file(inputs["checkpoint"])
+    if "target_device" in params:
+        meta["target_device"] = params["target_device"]
+    clash = sorted(set(params.get("extra", {})) & set(meta))
+    if clash:
+        raise TransformError(f"extra keys {clash} would overwrite derived fields", where="params.extra",
+                             fix="rename those extra keys")
+    meta.update(params.get("extra", {}))
+    with out.open() as f:
+        f.write(pretty_json_bytes(meta))
+    return {"n_params": meta["n_params"], "dtype": meta["dtype"]}
+
+
+@transform("hf_config", "1", inputs={"config": "file"},
+           params_schema={"type": "object", "additionalProperties": False, "required": ["torch_dtype"],
+                          "properties": {"torch_dtype": {"enum": TORCH_DTYPES},
+                                         "drop_keys": {"type": "array", "items": {"type": "string"}}}})
+def hf_config(inputs, params, out):
+    """The upstream HF config.json with torch_dtype set to the converted dtype (canonical JSON)."""
+    cfg = read_json_object(inputs["config"], "config")
+    for key in params.get("drop_keys", []):
+        if key not in cfg:
+            raise TransformError(f"drop_keys names {key!r}, which the config does not have", where="params.drop_keys",
+                                 fix=f"remove {key!r} from drop_keys")
+        del cfg[key]
+    before = cfg.get("torch_dtype")
+    cfg["torch_dtype"] = params["torch_dtype"]
+    with out.open() as f:
+        f.write(pretty_json_bytes(cfg))
+    return {"torch_dtype": [before, params["torch_dtype"]]}
