@@ -1,0 +1,242 @@
+"""`reconcile gc`: find (and, when asked, delete) what under the root the lock does not own.
+
+Kinds of garbage: `untracked` files, `legacy` folders (`models/`, `datasets/` of the old layout,
+when the lock owns nothing under them), stale `temp` files (`.reconcile-tmp-*`, hard-link temps
+of partial downloads), `partial` downloads that no fetch of this lock would resume, and
+`provenance` records of artifacts no longer in the lock.
+
+Safety: nothing outside the root is ever deleted; a path whose parent resolves outside the
+root, or a symlink whose target does, is listed as kept and left alone (symlinks inside the
+root are unlinked, never followed). Deleting happens only under the root lock taken with no
+wait, so the temp files and partial downloads of a running apply are never touched; the list
+is recomputed under that lock. Temp files whose writer process is still alive on this host
+(docs, lock pinning) are kept too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .apply import RootLock
+from .errors import BusyError
+from .lockfile import STATE_DIR
+from .publish import TMP_PREFIX
+from .spec import Lock
+from .state import provenance_path, untracked
+
+LEGACY_DIRS = ("models", "datasets")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing gc found: path relative to the root, kind, bytes, and why it is garbage (or kept)."""
+
+    path: str
+    kind: str  # untracked | legacy | temp | partial | provenance
+    size: int
+    reason: str
+    deletable: bool = True  # False: found, but in use or unsafe to delete
+
+
+@dataclass
+class GcReport:
+    """What can be deleted (`items`) and what was found but must stay (`kept`)."""
+
+    items: list[Item] = field(default_factory=list)
+    kept: list[Item] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes the deletable items hold."""
+        return sum(i.size for i in self.items)
+
+
+def _size(p: Path) -> int:
+    if p.is_symlink() or not p.is_dir():
+        return p.lstat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(p):
+        total += sum(os.lstat(os.path.join(dirpath, f)).st_size for f in files)
+    return total
+
+
+def _escapes(root_real: Path, p: Path) -> str | None:
+    """Why deleting `p` could touch something outside the root, or None when it cannot."""
+    parent = p.parent.resolve()
+    if parent != root_real and root_real not in parent.parents:
+        return f"its folder resolves outside the root ({parent})"
+    if p.is_symlink():
+        target = p.resolve()
+        if target != root_real and root_real not in target.parents:
+            return f"symlink to {target}, outside the root"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours: treat as alive
+    return True
+
+
+def _temp_writer_pid(name: str) -> int | None:
+    """The writer's pid encoded in a temp name (`.reconcile-tmp-<name>.<pid>.<hex>`, `<key>.<pid>.link`)."""
+    parts = name.rsplit(".", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
+def resumable_partials(lock: Lock) -> set[str] | None:
+    """Partial-download names a fetch of this lock would resume; None when that cannot be known offline.
+
+    The key is the one `sources.hf` derives from (repo, type, commit, file, sha256, size), so
+    a branch revision (commit unknown without the hub) or an unpinned folder makes every
+    partial possibly resumable.
+    """
+    from .sources.hf import _partial_key  # private, but the one definition of the key (see report)
+    keys = set()
+    for a in lock.artifacts.values():
+        if a.fetch is None:
+            continue
+        src = lock.sources[a.fetch.source]
+        if not src.pinned or (a.is_dir and not a.files):
+            return None
+        if a.is_dir:
+            base = posixpath.dirname(a.fetch.glob)
+            keys |= {_partial_key(src, src.revision, posixpath.join(base, n), m.sha256, m.size)
+                     for n, m in a.files.items()}
+        else:
+            keys.add(_partial_key(src, src.revision, a.fetch.path, a.sha256, a.size))
+    return keys
+
+
+def _legacy(lock: Lock, root: Path) -> list[Item]:
+    out = []
+    for name in LEGACY_DIRS:
+        p = root / name
+        owned = any(a == name or a.startswith(name + "/") for a in lock.artifacts)
+        if not owned and (p.is_dir() or p.is_symlink()):
+            out.append(Item(name, "legacy", _size(p), "legacy layout folder; the lock owns nothing under it"))
+    return out
+
+
+def _temp_item(rel: str, p: Path) -> Item:
+    pid = _temp_writer_pid(p.name)
+    if pid is not None and _pid_alive(pid):
+        return Item(rel, "temp", _size(p), f"in use: its writer (pid {pid}) is alive", False)
+    return Item(rel, "temp", _size(p), "stale temp file of an interrupted write")
+
+
+def _state_items(lock: Lock, root: Path) -> list[Item]:
+    """Temp files, stale partial downloads and orphan provenance records inside `.reconcile/`."""
+    state = root / STATE_DIR
+    out = []
+    if not state.is_dir():
+        return out
+    for dirpath, _, files in os.walk(state):
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            if name.startswith(TMP_PREFIX) or (p.parent.name == "partial" and name.endswith(".link")):
+                out.append(_temp_item(p.relative_to(root).as_posix(), p))
+    resumable = resumable_partials(lock)
+    partial = state / "partial"
+    for p in sorted(partial.iterdir()) if partial.is_dir() else []:
+        if p.name.endswith(".link") or p.name.startswith(TMP_PREFIX):
+            continue
+        rel = p.relative_to(root).as_posix()
+        if resumable is None:
+            out.append(Item(rel, "partial", _size(p), "kept: the lock has unpinned fetches that may resume it",
+                            False))
+        elif p.name not in resumable:
+            out.append(Item(rel, "partial", _size(p), "partial download no fetch of this lock would resume"))
+    out.extend(_orphan_provenance(lock, root))
+    return out
+
+
+def _orphan_provenance(lock: Lock, root: Path) -> list[Item]:
+    folder = root / STATE_DIR / "provenance"
+    out = []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            path = json.loads(p.read_text()).get("path")
+        except (OSError, ValueError, AttributeError):
+            path = None
+        rel = p.relative_to(root).as_posix()
+        if not isinstance(path, str) or provenance_path(root, path) != p:
+            out.append(Item(rel, "provenance", _size(p), "unreadable provenance record"))
+        elif path not in lock.artifacts:
+            out.append(Item(rel, "provenance", _size(p), f"record of {path}, no longer in the lock"))
+    return out
+
+
+def collect(lock: Lock, root: Path) -> GcReport:
+    """List everything under the root the lock does not own; touches nothing."""
+    report = GcReport()
+    if not root.is_dir():
+        return report
+    found = _legacy(lock, root)
+    legacy = {i.path for i in found}
+    for rel in untracked(lock, root):
+        if rel.split("/", 1)[0] in legacy:
+            continue  # listed once, as its legacy folder
+        p = root / rel
+        found.append(_temp_item(rel, p) if p.name.startswith(TMP_PREFIX)
+                     else Item(rel, "untracked", _size(p), "not in the lock"))
+    found.extend(_state_items(lock, root))
+    root_real = root.resolve()
+    for item in found:
+        why = _escapes(root_real, root / item.path)
+        if why:
+            report.kept.append(Item(item.path, item.kind, item.size, f"refused: {why}", False))
+        elif not item.deletable:
+            report.kept.append(item)
+        else:
+            report.items.append(item)
+    return report
+
+
+def _delete(root: Path, item: Item) -> None:
+    p = root / item.path
+    if p.is_symlink() or p.is_file():
+        p.unlink(missing_ok=True)  # a symlink itself, never what it points to
+    elif p.is_dir():
+        shutil.rmtree(p)  # does not follow symlinks inside (fd-based on Linux)
+
+
+def _prune_empty(lock: Lock, root: Path, removed: list[Item]) -> None:
+    """Remove folders emptied by gc, unless the lock owns them (a folder artifact) or they hold state."""
+    owned = {a for a, x in lock.artifacts.items() if x.is_dir}
+    for item in removed:
+        parent = (root / item.path).parent
+        while parent != root:
+            rel = parent.relative_to(root)
+            if rel.as_posix() in owned or rel.parts[0] == STATE_DIR:
+                break
+            try:
+                parent.rmdir()  # only succeeds when empty
+            except OSError:
+                break
+            parent = parent.parent
+
+
+def remove(lock: Lock, root: Path) -> GcReport:
+    """Delete what `collect` finds, under the root lock; BusyError (nothing deleted) while an apply runs."""
+    try:
+        with RootLock(root, 0):
+            report = collect(lock, root)  # again, under the lock: the root may have moved since listing
+            for item in report.items:
+                _delete(root, item)
+            _prune_empty(lock, root, report.items)
+            return report
+    except BusyError as e:
+        raise BusyError(f"nothing was deleted: {e.message}", where=e.where,
+                        fix="wait for the apply to finish, then re-run `reconcile gc --yes`") from None
