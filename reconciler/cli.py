@@ -179,12 +179,17 @@ def apply(obj, plan_file, keep_going, jobs, wait):
 @click.argument("targets", nargs=-1)
 @click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--attest", "attest_file", type=click.Path(dir_okay=False),
+              help="Also write an attestation record for the training run to FILE (written even on failure).")
 @click.pass_obj
-def check(obj, targets, deep, as_json):
+def check(obj, targets, deep, as_json, attest_file):
     """Verify storage against the lock: the pre-training gate (exit 1 on any drift)."""
     from .verify import check as run_check
     lock, root = obj.load()
     report = run_check(lock, root, list(targets), deep=deep)
+    if attest_file:
+        from .attest import attest, write_attestation
+        write_attestation(attest_file, attest(lock, root, report, obj.lock_path))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -47,9 +47,11 @@ def _fetch_changes(ol: Lock, o: Artifact, nl: Lock, n: Artifact) -> list[Change]
     if o.fetch.source != n.fetch.source:
         out.append(Change("fetch.source", o.fetch.source, n.fetch.source, False))
     oi, ni = _fetch_identity(ol, o), _fetch_identity(nl, n)
+    # Like the planner: a pinned file whose pin is unchanged keeps its bytes whatever the revision.
+    same_bytes = bool(n.sha256) and o.sha256 == n.sha256
     for k in ("repo", "type", "revision"):
         if oi[k] != ni[k]:
-            out.append(Change(f"source.{k}", oi[k], ni[k], True))
+            out.append(Change(f"source.{k}", oi[k], ni[k], not same_bytes))
     for k in ("path", "glob"):
         if oi[k] != ni[k]:
             out.append(Change(f"fetch.{k}", oi[k], ni[k], True))
