@@ -80,9 +80,11 @@ def built(tmp_path):
 
 # -- diff ------------------------------------------------------------------------------------------
 def test_a_source_revision_change_cascades_to_every_downstream_artifact():
-    d = diff_locks(lock_from_data(DAG), lock_from_data(_with(DAG, up=REV_B)))
+    new = _with(DAG, up=REV_B)
+    new["artifacts"]["raw/w.bin"]["sha256"] = "c" * 64  # the new revision serves new bytes
+    d = diff_locks(lock_from_data(DAG), lock_from_data(new))
     assert {e["path"] for e in d["changed"]} == {"raw/w.bin", "raw/t.json"}
-    assert all(c["field"] == "source.revision" for e in d["changed"] for c in e["changes"])
+    assert all("source.revision" in {c["field"] for c in e["changes"]} for e in d["changed"])
     chains = {e["path"]: e["chain"] for e in d["rebuilt"]}
     assert chains == {"mid/w1.bin": ["raw/w.bin", "mid/w1.bin"],
                       "mid/w2.bin": ["raw/w.bin", "mid/w1.bin", "mid/w2.bin"],
@@ -93,6 +95,12 @@ def test_a_source_revision_change_cascades_to_every_downstream_artifact():
     md = render_markdown(d)
     assert "because `raw/w.bin` changed" in md and "raw/w.bin -> mid/w1.bin -> mid/w2.bin -> top/w3.bin" in md
     assert "d2.parquet" not in md and "cfg/y.json" not in md
+
+
+def test_a_revision_change_under_an_unchanged_pin_rebuilds_nothing_from_that_file():
+    d = diff_locks(lock_from_data(DAG), lock_from_data(_with(DAG, up=REV_B)))
+    rebuilt = {e["path"] for e in d["rebuilt"]}
+    assert "mid/w1.bin" not in rebuilt and "top/t.json" in rebuilt  # w.bin keeps its pinned bytes
 
 
 def test_pinning_an_open_value_changes_nothing_downstream():
@@ -136,7 +144,9 @@ def _wide_change() -> tuple[dict, dict]:
     for i in range(400):
         old["artifacts"][f"many/{i:04d}-{'x' * 60}.bin"] = {"build": {"transform": "copy",
                                                                     "inputs": {"src": "mid/w1.bin"}}}
-    return old, _with(old, up=REV_B)
+    new = _with(old, up=REV_B)
+    new["artifacts"]["raw/w.bin"]["sha256"] = "c" * 64  # the new revision serves new bytes
+    return old, new
 
 
 def test_diff_markdown_is_truncated_with_a_note_past_the_limit(tmp_path):
