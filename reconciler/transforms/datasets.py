@@ -1,0 +1,65 @@
+"""Dataset transforms: upstream parquet -> Alpaca JSONL (`to_alpaca`) and its schema (`alpaca_schema`).
+
+The row format, filters and task-id rules are documented in `alpaca_convert`; the summary
+statistics and small subsets live in `alpaca_stats` and `alpaca_sample`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import reconciler
+
+from ..errors import TransformError
+from ..hashing import pretty_json_bytes
+from ..registry import transform
+from .alpaca_convert import Converter
+from .alpaca_io import TokenCounter, load_tokenizer, parquet_files
+
+DATASETS = ("codecontests", "mbpp", "humaneval")
+DEFAULT_MAX_TOKENS = 2048
+SCHEMAS_DIR = Path(reconciler.__file__).resolve().parent.parent / "schemas"
+
+
+@transform("to_alpaca", "1", inputs={"data": "file", "tokenizer": "file"},
+           params_schema={"type": "object", "additionalProperties": False, "required": ["dataset"],
+                          "properties": {"dataset": {"enum": list(DATASETS)},
+                                         "max_tokens": {"type": "integer", "minimum": 1}}})
+def to_alpaca(inputs, params, out):
+    """Convert a split's raw parquet (one file or a folder of shards) into Alpaca JSONL rows.
+
+    Rows keep source order (shards in sorted name order, problems, then each problem's correct
+    and then incorrect Python solutions). Returns rows written and rows dropped by reason.
+    """
+    dataset = params["dataset"]
+    files = parquet_files(Path(inputs["data"]))
+    counter = TokenCounter(load_tokenizer(inputs.get("tokenizer")))
+    conv = Converter(dataset, counter, int(params.get("max_tokens", DEFAULT_MAX_TOKENS)))
+    with out.open() as f:
+        tally = conv.run(files, f.write)
+    return {**tally.as_info(), "shards": len(files), "tokens_counted": counter.tokens}
+
+
+def schema_path(dataset: str) -> Path:
+    """The canonical JSON Schema file of one dataset's Alpaca rows."""
+    return SCHEMAS_DIR / f"alpaca_{dataset}.schema.json"
+
+
+def load_schema(dataset: str) -> dict:
+    """The canonical row schema of `dataset`, or a TransformError when the file is missing."""
+    path = schema_path(dataset)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TransformError(f"cannot read the row schema {path} ({e})", where="dataset",
+                             fix="reinstall reconcile from a checkout that has schemas/") from None
+
+
+@transform("alpaca_schema", "1", inputs={},
+           params_schema={"type": "object", "additionalProperties": False, "required": ["dataset"],
+                          "properties": {"dataset": {"enum": list(DATASETS)}}})
+def alpaca_schema(inputs, params, out):
+    """Write the JSON Schema (draft 2020-12) of one dataset's Alpaca rows as canonical JSON."""
+    with out.open() as f:
+        f.write(pretty_json_bytes(load_schema(params["dataset"])))
