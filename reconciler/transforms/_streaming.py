@@ -1,0 +1,159 @@
+"""Shared plumbing of the checkpoint transforms: safe loading, page release, verified writing.
+
+Not a plug-in (the leading underscore keeps `load_plugins` from importing it as one).
+Memory model: a torch checkpoint is opened with `mmap=True`, so tensors are views of a
+file mapping and nothing is read until touched. Touched pages of a file mapping still count
+as the process's resident memory until unmapped, so after each tensor is written its pages
+are handed back with `madvise(MADV_DONTNEED)`: peak RSS is one tensor, not the whole file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import pickle
+import sys
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from ..checkpoint_layout import LayoutError
+from ..errors import ReconcileError, TransformError
+from ..safetensors_io import SafetensorsWriter, read_header, tensor_digests
+
+_MADV_DONTNEED = 4
+
+
+def read_json(path: Path, where: str) -> dict:
+    """A JSON object input, or a TransformError naming the input."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TransformError(f"cannot read {Path(path).name} as JSON: {e}", where=where) from None
+    if not isinstance(value, dict):
+        raise TransformError(f"{Path(path).name} is not a JSON object", where=where)
+    return value
+
+
+def layout_or_fail(fn: Callable[[Mapping], dict], cfg: Mapping, where: str) -> dict:
+    """Expected shapes from a config; a config that describes no model is a TransformError."""
+    try:
+        return fn(cfg)
+    except LayoutError as e:
+        raise TransformError(e.message, where=where,
+                             fix="use the params.json / config.json that ships with the checkpoint") from None
+
+
+def load_state(path: Path, where: str) -> dict:
+    """`torch.load(mmap=True, weights_only=True)` of a state dict; every failure is a TransformError.
+
+    weights_only is never relaxed: a pickle that names any callable outside torch's tensor
+    allow-list (os.system, eval, ...) is refused before anything in it runs.
+    """
+    import torch
+
+    try:
+        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TransformError(f"{Path(path).name} is not a plain tensor checkpoint (refused by the "
+                             f"weights-only unpickler: {first[:300]})", where=where,
+                             fix="only load checkpoints from a trusted source; re-download the file") from None
+    except (RuntimeError, ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as e:
+        raise TransformError(f"cannot load {Path(path).name} as a torch checkpoint: "
+                             f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}",
+                             where=where, fix="re-download the file (truncated or corrupt?)") from None
+    if not isinstance(state, dict):
+        raise TransformError(f"{Path(path).name} holds a {type(state).__name__}, not a state dict", where=where)
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise TransformError(f"entry {name!r} of {Path(path).name} is not a named tensor", where=where)
+    return state
+
+
+class FilePages:
+    """Hands a file mapping's pages back to the kernel once a tensor has been used.
+
+    Only ranges inside a mapping of *this* file (per /proc/self/maps) are released: on any
+    other memory, MADV_DONTNEED would zero live data. No-op where madvise is unavailable.
+    """
+
+    def __init__(self, path: Path):
+        self._ranges: list[tuple[int, int]] = []
+        self._libc = None
+        if not sys.platform.startswith("linux"):
+            return
+        real = os.path.realpath(path)
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].strip() == real:
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self._ranges.append((lo, hi))
+            self._libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            self._ranges = []
+
+    def release(self, tensor) -> None:
+        """Drop the resident pages behind `tensor` (re-read from the file if touched again)."""
+        nbytes = tensor.numel() * tensor.element_size()
+        if not nbytes or self._libc is None:
+            return
+        start = tensor.data_ptr()
+        lo = start - start % mmap.PAGESIZE
+        hi = start + nbytes
+        hi += -hi % mmap.PAGESIZE
+        for a, b in self._ranges:
+            if a <= lo and hi <= b:
+                self._libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
+                return
+
+
+def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], get: Callable[[str], object],
+                   done: Callable[[str, object], None], where: str) -> int:
+    """Stream tensors into `out` as safetensors, then re-read the file and verify it.
+
+    `get(name)` returns the source tensor; `done(name, tensor)` is called after it was
+    written (to release its memory). Each tensor's bytes are hashed as they are written; the
+    read-back parses the output with the strict header reader and re-hashes every tensor at
+    the offsets its header states, so a tensor whose stored bytes are not its source cast to
+    the target dtype fails, named. Returns the number of bytes written.
+    """
+    written: dict[str, str] = {}
+    with out.open() as f:
+        writer = SafetensorsWriter(f, specs)
+        for name in writer.order:
+            tensor = get(name)
+            if not tensor.dtype.is_floating_point:
+                raise TransformError(f"tensor {name} has dtype {tensor.dtype}, not a floating-point weight",
+                                     where=where)
+            written[name], overflow = writer.write(name, tensor)
+            if overflow:
+                raise TransformError(f"tensor {name}: {overflow} finite values overflow {specs[name][0]} "
+                                     "(they would become inf)", where=where,
+                                     fix="convert to bfloat16 or float32 instead")
+            done(name, tensor)
+        writer.close()
+        size = f.size
+    verify_output(Path(out.path), specs, written, where)
+    return size
+
+
+def verify_output(path: Path, specs: Mapping[str, tuple[str, tuple[int, ...]]], written: Mapping[str, str],
+                  where: str) -> None:
+    """The file on disk holds exactly `specs`, and each tensor's bytes hash to what was written."""
+    try:
+        infos, _ = read_header(path)
+        stored = tensor_digests(path)
+    except ReconcileError as e:
+        raise TransformError(f"the converted file does not read back: {e.message}", where=where) from None
+    for name in sorted(specs.keys() | infos.keys()):
+        info = infos.get(name)
+        if info is None or name not in specs or (info.dtype, info.shape) != tuple(specs[name]):
+            raise TransformError(f"tensor {name}: the converted file's header disagrees with the plan", where=where)
+        if stored[name] != written[name]:
+            raise TransformError(f"tensor {name}: stored values differ from the source cast to {info.dtype}",
+                                 where=where)
