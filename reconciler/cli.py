@@ -166,10 +166,14 @@ def apply(obj, plan_file, keep_going, jobs, wait):
         click.echo("Nothing to do: storage matches the lock.")
     for err in result.failed.values():
         click.secho(f"error: {err.render()}", fg="red", err=True)
-    n_skip = len(result.skipped)
-    click.echo(f"Apply: {len(result.done)} done, {len(result.failed)} failed, {n_skip} skipped.")
+    click.echo(f"Apply: {len(result.done)} done, {len(result.failed)} failed, {len(result.skipped)} skipped.")
+    not_run = [p for p, why in result.skipped.items() if not why.startswith("input ")]
     for path, why in result.skipped.items():
-        click.echo(f"  skipped  {path}  ({why})")
+        if why.startswith("input "):
+            click.echo(f"  skipped  {path}  ({why})")
+    if not_run:
+        click.echo(f"  {len(not_run)} other action(s) not run: apply stops at the first failure "
+                   "(--keep-going runs everything that does not depend on it)")
     if result.done and any(lock.artifacts[p].sha256 is None for p in result.done):
         click.echo("Some outputs are unpinned: run `reconcile lock` to pin them.")
     sys.exit(0 if result.ok else 1)
