@@ -1,0 +1,1 @@
+"""Where fetched bytes come from. `hf` is the Hugging Face source the engine's apply uses."""
