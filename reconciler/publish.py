@@ -13,6 +13,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,16 +26,30 @@ TMP_PREFIX = ".reconcile-tmp-"
 class HashingWriter:
     """A binary file writer that hashes and counts every byte as it is written."""
 
+    # Chunks at least this big are hashed on a helper thread while this one writes them: both
+    # release the GIL, so a large write costs max(hash, write) instead of hash + write.
+    PARALLEL_MIN = 1 << 20
+
     def __init__(self, path: Path):
         self._f = open(path, "wb")
         self._h = hashlib.sha256()
+        self._pool: ThreadPoolExecutor | None = None
         self.size = 0
 
     def write(self, data) -> int:
-        """Write bytes (any buffer), updating the running sha256."""
+        """Write bytes (any buffer), updating the running sha256; returns when both are done."""
         mv = memoryview(data).cast("B")
-        self._h.update(mv)
-        n = self._f.write(mv)
+        if mv.nbytes >= self.PARALLEL_MIN:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="hash")
+            hashing = self._pool.submit(self._h.update, mv)
+            try:
+                n = self._f.write(mv)
+            finally:
+                hashing.result()  # the caller may reuse its buffer once we return
+        else:
+            self._h.update(mv)
+            n = self._f.write(mv)
         self.size += n
         return n
 
@@ -44,6 +59,9 @@ class HashingWriter:
 
     def close(self) -> None:
         """Flush, fsync and close."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         if not self._f.closed:
             self._f.flush()
             os.fsync(self._f.fileno())

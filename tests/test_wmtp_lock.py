@@ -1,0 +1,91 @@
+"""The project's own WMTP v2.0.0 lock: complete, canonical, every open pin declared, docs current."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from reconciler.cli import main
+from reconciler.errors import LockError
+from reconciler.lockfile import load_lock, lock_from_data
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "storage.lock.yaml"
+MODELS = ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
+DATASETS = ("codecontests", "mbpp", "humaneval")
+
+
+def _cli(*args, cwd: Path):
+    import os
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(main, list(args))
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """The committed lock and storage README in an empty folder, as on a fresh clone."""
+    shutil.copy(LOCK, tmp_path / "storage.lock.yaml")
+    (tmp_path / "storage").mkdir()
+    shutil.copy(ROOT / "storage" / "README.md", tmp_path / "storage" / "README.md")
+    return tmp_path
+
+
+def test_plan_lists_every_layout_folder_offline(fresh):
+    r = _cli("plan", "--json", cwd=fresh)
+    assert r.exit_code == 0, r.output
+    paths = {a["path"] for a in yaml.safe_load(r.output)["actions"]}
+    for m in MODELS:
+        for part in ("safetensors/model.safetensors", "safetensors/SHA256SUMS", "tokenizer/tokenizer.model",
+                     "tokenizer/tokenizer_config.json", "metadata.json"):
+            assert f"models_v2/{m}/{part}" in paths
+        assert any(p.startswith(f"models_v2/{m}/configs/") for p in paths)
+    for d in DATASETS:
+        assert any(p.startswith(f"datasets_v2/{d}/raw/") for p in paths)
+        assert f"datasets_v2/{d}/processed/schema.json" in paths and f"datasets_v2/{d}/stats/summary.json" in paths
+        assert any(p.startswith(f"datasets_local_small/{d}_small/") for p in paths)
+    assert any(p.startswith("models_v2/meta-llama-mtp/raw/") for p in paths)
+
+
+def test_lock_check_reports_exactly_the_declared_open_pins(fresh):
+    lock = load_lock(fresh / "storage.lock.yaml")
+    declared = {p for p, a in lock.artifacts.items() if a.open} | {
+        n for n, s in lock.raw["sources"].items() if s.get("open")}
+    r = _cli("lock", "--check", cwd=fresh)
+    assert r.exit_code == 1  # open pins remain until the first download
+    reported = set(re.findall(r'^unpinned: (?:artifacts|sources)\."([^"]+)"', r.output, re.M))
+    assert reported == declared
+    assert "no reason declared" not in r.output and "not canonical" not in r.output
+    assert _cli("lock", "--check", "--allow-open", cwd=fresh).exit_code == 0
+
+
+def test_known_upstream_values_are_pinned():
+    lock = load_lock(LOCK)
+    tok = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+    for m in MODELS:
+        assert lock.artifacts[f"models_v2/{m}/tokenizer/tokenizer.model"].sha256 == tok
+    assert lock.artifacts["models_v2/meta-llama-mtp/raw/7B_1T_4/params.json"].sha256.startswith("da72c269")
+    shard = lock.artifacts["models_v2/ref-sheared-llama-2.7b/raw/pytorch_model-00001-of-00002.bin"]
+    assert shard.sha256.startswith("ee766e67")
+    assert lock.sources["meta-mtp"].gated
+
+
+def test_docs_are_current_on_a_fresh_clone(fresh):
+    r = _cli("docs", "--check", cwd=fresh)
+    assert r.exit_code == 0, r.output
+
+
+def test_a_micro_size_bound_that_cannot_hold_is_refused():
+    data = yaml.safe_load(LOCK.read_text())
+    data["artifacts"]["models_v2/micro-mtp/safetensors/model.safetensors"]["max_size"] = 50_000_000
+    with pytest.raises(LockError) as e:
+        lock_from_data(data)
+    assert "92.8 MB" in str(e.value) and "max_size" in str(e.value)
