@@ -274,7 +274,8 @@ def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: R
             reporter.step(x)
             try:
                 detail = _run_action(run, x, sha_of, jobs)
-            except ReconcileError as err:
+            except (ReconcileError, OSError) as exc:
+                err = exc if isinstance(exc, ReconcileError) else _os_failure(x.path, exc)
                 result.failed[x.path] = err
                 reporter.failed(x, err)
                 stop.hit()
@@ -292,6 +293,15 @@ def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: R
             if x.kind == "build":
                 attempt(x)
         return result
+
+
+def _os_failure(path: str, e: OSError) -> ReconcileError:
+    """The file system refused one artifact (a file where its folder should be, no permission):
+    that artifact fails, like any other failure, instead of aborting the whole apply."""
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return ReconcileError(f"failed: {type(e).__name__}: {what}", where=path,
+                          fix="move away whatever is in the way (e.g. a file where a folder should be), "
+                              "check permissions, then re-run apply")
 
 
 class _Stopper:

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import ReconcileError, exit_code_for
+from .errors import LockError, ReconcileError, exit_code_for
 
 DEBUG = os.environ.get("RECONCILE_DEBUG") == "1"
 
@@ -155,7 +155,7 @@ def apply(obj, plan_file, keep_going, jobs, wait):
         try:
             saved = Plan.from_json(json.loads(Path(plan_file).read_text()))
         except (ValueError, KeyError, TypeError) as e:
-            raise ReconcileError(f"not a saved plan: {e}", where=plan_file, fix="use a file from `plan --out`") from None
+            raise LockError(f"not a saved plan: {e}", where=plan_file, fix="use a file from `plan --out`") from None
     reporter = CliReporter()
     try:
         result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,

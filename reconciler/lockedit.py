@@ -17,6 +17,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from .errors import LockError
 from .lockfile import lock_from_data, parse_yaml
+from .plan import make_plan
 from .publish import write_bytes_atomic
 from .spec import Lock
 from .state import StatCache, observe
@@ -81,12 +82,13 @@ def pin_from_state(lock_path: Path, lock: Lock, root: Path) -> list[str]:
     """Fill open sha256/size/files/revisions from what apply recorded; returns what changed."""
     doc = load_roundtrip(lock_path)
     observed = observe(lock, root, StatCache(root))
+    current = {x.path: x.action for x in make_plan(lock, observed).actions}
     changes: list[str] = []
     commits: dict[str, str] = {}
     for path, a in lock.artifacts.items():
         o = observed[path]
-        if o.sha256 is None or o.prov_sha256 != o.sha256:
-            continue  # only bytes that apply produced and that are still intact are trusted
+        if o.sha256 is None or o.prov_sha256 != o.sha256 or current[path] != "ok":
+            continue  # only bytes that apply produced from the lock's current recipe, still intact, are trusted
         m = doc["artifacts"][path]
         if a.sha256 is None:
             _set(m, "sha256", o.sha256)

@@ -39,8 +39,14 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader, node, deep=False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` merge keys: SafeLoader resolves them (explicit keys win)
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            dup = key in seen
+        except TypeError:  # an unhashable key: SafeLoader reports it below, with its position
+            continue
+        if dup:
             m = key_node.start_mark
             raise LockError(f"duplicate key {key!r} at line {m.line + 1}, column {m.column + 1}",
                             fix="remove one of the two entries")
@@ -254,12 +260,34 @@ def topo_order(artifacts: dict[str, Artifact]) -> list[str]:
     return order
 
 
+def check_json_data(value: Any, where: list) -> None:
+    """Refuse what JSON cannot hold (YAML dates, binary, non-string keys): the lock's digest,
+    recipe hashes and JSON Schema all assume plain JSON data."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):  # YAML reads `1:`, `yes:` or `2024-01-01:` as non-strings
+                raise LockError(f"key {k!r} ({type(k).__name__}) is not a string", where=fmt_path(where),
+                                fix="quote the key")
+            check_json_data(v, where + [k])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_json_data(v, where + [i])
+    elif not isinstance(value, (str, int, float, bool)) and value is not None:
+        raise LockError(f"{type(value).__name__} value {repr(value)[:60]} is not plain JSON data", where=fmt_path(where),
+                        fix="quote it to make it a string")
+
+
 def lock_from_data(data: Any, name: str = "storage.lock.yaml") -> Lock:
     """Validate plain lock data (schema + semantics) and build the immutable Lock."""
     load_plugins()
     if not isinstance(data, dict):
         raise LockError("the lock must be a YAML mapping with version, storage_version and artifacts",
                         where=name, fix="see the lock format in README.md")
+    try:
+        check_json_data(data, [])
+    except RecursionError:  # `&a [*a]`: an alias inside itself
+        raise LockError("the lock contains itself (a YAML alias cycle) or is nested too deeply", where=name,
+                        fix="remove the recursive alias") from None
     validate_schema(data)
     sources = {k: Source(k, v["repo"], v["type"], v["revision"], bool(v.get("gated", False)), v.get("licence"))
                for k, v in (data.get("sources") or {}).items()}
