@@ -89,3 +89,13 @@ def test_a_micro_size_bound_that_cannot_hold_is_refused():
     with pytest.raises(LockError) as e:
         lock_from_data(data)
     assert "92.8 MB" in str(e.value) and "max_size" in str(e.value)
+
+
+def test_plan_json_follows_its_schema(fresh):
+    import json
+
+    import jsonschema
+
+    from reconciler.lockfile import load_schema
+    r = _cli("plan", "--json", cwd=fresh)
+    jsonschema.validate(json.loads(r.output), load_schema("plan.schema.json"))
