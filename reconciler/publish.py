@@ -95,8 +95,9 @@ class Output:
     def digest(self) -> tuple[int, str]:
         """(size, sha256) of the staged bytes: from the writer when it saw them all."""
         w = self._writer
+        if w is not None:
+            w.close()  # flush + fsync first: a transform that forgot `with` still publishes all its bytes
         if w is not None and self._opens == 1 and self.path.exists() and self.path.stat().st_size == w.size:
-            w.close()
             return w.size, w.hexdigest()
         with open(self.path, "rb") as f:
             os.fsync(f.fileno())

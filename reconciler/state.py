@@ -60,9 +60,12 @@ class StatCache:
         if db is None:
             if not self.path.parent.is_dir():
                 return None  # observing must not create state; apply creates the folder
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, key TEXT, sha256 TEXT)")
-            db.execute("CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, detail TEXT)")
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, key TEXT, sha256 TEXT)")
+                db.execute("CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, detail TEXT)")
+            except sqlite3.Error:
+                return None  # no cache (full disk, read-only root): everything is simply hashed
             self._local.db = db
         return db
 
@@ -76,7 +79,10 @@ class StatCache:
         key = self._key(st)
         db = self._db()
         if db is not None and not deep:
-            row = db.execute("SELECT key, sha256 FROM stat WHERE path=?", (rel,)).fetchone()
+            try:
+                row = db.execute("SELECT key, sha256 FROM stat WHERE path=?", (rel,)).fetchone()
+            except sqlite3.Error:
+                row = None
             if row and row[0] == key:
                 return row[1]
         sha = sha256_file(full)
@@ -88,9 +94,16 @@ class StatCache:
 
     def remember(self, rel: str, key: str, sha: str) -> None:
         """Record a hash the caller knows (e.g. computed while publishing)."""
-        db = self._db()
-        if db is not None:
-            db.execute("INSERT OR REPLACE INTO stat VALUES (?,?,?)", (rel, key, sha))
+        self._write("INSERT OR REPLACE INTO stat VALUES (?,?,?)", (rel, key, sha))
+
+    def _write(self, sql: str, args: tuple) -> None:
+        # The cache only saves work: a full disk or a busy database must never fail an apply.
+        try:
+            db = self._db()
+            if db is not None:
+                db.execute(sql, args)
+        except sqlite3.Error:
+            pass
 
     def remember_file(self, rel: str, full: Path, sha: str) -> None:
         """Record the sha256 of a file just published (stat taken now, after the rename)."""
@@ -99,14 +112,15 @@ class StatCache:
     def check_result(self, key: str) -> str | None:
         """A cached successful check result (its detail), or None."""
         db = self._db()
-        row = db.execute("SELECT detail FROM checks WHERE key=?", (key,)).fetchone() if db else None
+        try:
+            row = db.execute("SELECT detail FROM checks WHERE key=?", (key,)).fetchone() if db else None
+        except sqlite3.Error:
+            row = None
         return row[0] if row else None
 
     def remember_check(self, key: str, detail: str) -> None:
         """Cache a successful check result keyed by check, params and input hashes."""
-        db = self._db()
-        if db is not None:
-            db.execute("INSERT OR REPLACE INTO checks VALUES (?,?)", (key, detail))
+        self._write("INSERT OR REPLACE INTO checks VALUES (?,?)", (key, detail))
 
 
 def provenance_path(root: Path, rel: str) -> Path:
