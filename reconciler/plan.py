@@ -16,8 +16,7 @@ from typing import Any
 from .errors import LockError
 from .hashing import sha256_json
 from .registry import TRANSFORMS
-from .spec import Artifact, Lock
-from .state import Observed
+from .spec import Artifact, Lock, Observed
 
 FORMAT_VERSION = 1
 ACTIONS = ("ok", "fetch", "build", "rebuild", "blocked")

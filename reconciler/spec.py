@@ -104,3 +104,23 @@ class Lock:
     artifacts: Mapping[str, Artifact]  # insertion order = topological order
     digest: str  # sha256 of the canonical JSON of the lock's data
     raw: Any = None  # the plain data that was validated (for diff/docs)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One artifact as found on disk, plus what its provenance record says."""
+
+    path: str
+    kind: str  # "missing" | "file" | "dir" | "wrong_type"
+    size: int | None = None
+    sha256: str | None = None
+    members: Mapping[str, str] | None = None  # dir artifacts: relpath -> sha256 of present members
+    prov_recipe: str | None = None  # recipe hash recorded when it was last produced
+    prov_sha256: str | None = None  # sha256 recorded when it was last produced
+    prov: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict:
+        """Plain data (for digests and JSON)."""
+        return {"path": self.path, "kind": self.kind, "size": self.size, "sha256": self.sha256,
+                "members": dict(self.members) if self.members is not None else None,
+                "prov_recipe": self.prov_recipe, "prov_sha256": self.prov_sha256}

@@ -14,36 +14,13 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .hashing import sha256_file, tree_sha256
 from .lockfile import STATE_DIR
 from .publish import TMP_PREFIX, write_bytes_atomic
-from .spec import Artifact, Lock
-
-
-@dataclass(frozen=True)
-class Observed:
-    """One artifact as found on disk, plus what its provenance record says."""
-
-    path: str
-    kind: str  # "missing" | "file" | "dir" | "wrong_type"
-    size: int | None = None
-    sha256: str | None = None
-    members: Mapping[str, str] | None = None  # dir artifacts: relpath -> sha256 of present members
-    prov_recipe: str | None = None  # recipe hash recorded when it was last produced
-    prov_sha256: str | None = None  # sha256 recorded when it was last produced
-    prov: Mapping[str, Any] | None = field(default=None, compare=False)
-
-    def as_dict(self) -> dict:
-        """Plain data (for digests and JSON)."""
-        return {"path": self.path, "kind": self.kind, "size": self.size, "sha256": self.sha256,
-                "members": dict(self.members) if self.members is not None else None,
-                "prov_recipe": self.prov_recipe, "prov_sha256": self.prov_sha256}
+from .spec import Artifact, Lock, Observed
 
 
 class StatCache:
