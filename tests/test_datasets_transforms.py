@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -242,3 +243,23 @@ def test_alpaca_schema_writes_the_canonical_file(tmp_path, dataset):
     canonical = schema_path(dataset).read_bytes()
     assert (tmp_path / "schema.json").read_bytes() == canonical == pretty_json_bytes(json.loads(canonical))
     assert json.loads(canonical)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_list_parents_skip_null_lists_backed_by_values():
+    from reconciler.transforms.alpaca_io import list_parents
+
+    lang = pa.array([[1, 2], [3, 3], [1]], pa.list_(pa.int64()))
+    sol = pa.array([["a", "b"], ["c", "d"], ["e"]], pa.list_(pa.string()))
+    st = pa.StructArray.from_arrays([lang, sol], names=["language", "solution"], mask=pa.array([False, True, False]))
+    child = pc.struct_field(st, "language")
+    assert child.flatten().to_pylist() == [1, 2, 1] and list_parents(child).tolist() == [0, 0, 2]
+    assert list_parents(child.slice(1)).tolist() == [1]
+
+
+def test_null_solution_structs_and_tests(tmp_path, ds_tokenizer):
+    rows = [{"name": "5_A. N", "description": "Print one.", "solutions": None, "public_tests": None,
+             "incorrect_solutions": {"language": [3], "solution": ["print(2)"]}}]
+    parquet = write_codecontests_rows(tmp_path / "n.parquet", rows)
+    build(to_alpaca, {"data": parquet, "tokenizer": ds_tokenizer}, {"dataset": "codecontests"}, tmp_path / "n.jsonl")
+    (row,) = read_jsonl(tmp_path / "n.jsonl")
+    assert (row["task_id"], row["input"], row["metadata"]["has_tests"]) == ("5_A. N_incorrect_0", "", False)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .alpaca_io import Batch, TokenCounter, iter_batches, struct_lists
+from .alpaca_io import Batch, TokenCounter, iter_batches, list_parents, struct_lists
 
 _str = json.encoder.encode_basestring  # the C encoder json uses with ensure_ascii=False
 _META = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
@@ -31,7 +31,7 @@ CC_SOURCES = {0: "unknown", 1: "codechef", 2: "codeforces", 3: "hackerearth", 4:
               5: "atcoder", 6: "aizu"}
 CC_LANGUAGES = {1: "python2", 3: "python3"}  # PYTHON is Python 2; PYTHON3 is Python 3
 CC_PUBLIC_TESTS = 2  # at most this many example blocks in `input`
-PREFETCH = 2  # batches tokenized ahead of the one being written: bounds memory
+PREFETCH = 1  # batches tokenized ahead of the one being written: overlap with bounded memory
 
 _TESTS = ("struct", {"input": ("list", "str"), "output": ("list", "str")})
 _SOLS = ("struct", {"language": ("list", "int"), "solution": ("list", "str")})
@@ -96,9 +96,9 @@ class Prepared:
 class Converter:
     """Streams one dataset's shards into Alpaca lines, applying the language/empty/token filters.
 
-    Two stages overlap: a worker thread extracts and tokenizes batch i+1 (SentencePiece releases
-    the GIL while it encodes) while this thread filters, formats and writes batch i. Batches are
-    consumed in submission order, so the bytes do not depend on thread timing.
+    Two stages overlap: a worker thread extracts and tokenizes batch i+1 while this thread filters,
+    formats and writes batch i, so Python work runs while SentencePiece's C++ threads encode.
+    Batches are consumed in submission order, so the bytes do not depend on thread timing.
     """
 
     def __init__(self, dataset: str, counter: TokenCounter, max_tokens: int):
@@ -129,10 +129,10 @@ class Converter:
         dropped, limit, lines = self.tally.dropped, self.max_tokens, []
         dropped["wrong_language"] += p.wrong_language
         for i, entries in enumerate(p.entries):
-            blank = not p.instructions[i].strip()
+            blank = not p.instructions[i] or p.instructions[i].isspace()
             head, prefix = p.head_tokens[i], None
             for out, task_id, tail, tokens in entries:
-                if blank or not out.strip():
+                if blank or not out or out.isspace():  # isspace: no copy of a long text
                     dropped["empty"] += 1
                 elif head + tokens > limit:
                     dropped["too_long"] += 1
@@ -177,7 +177,7 @@ class Converter:
         langs_l, sols_l = struct_lists(b.col(column), ("language", "solution"), b.path, column)
         langs = pc.fill_null(langs_l.flatten(), 0)
         mask = pc.is_in(langs, value_set=pa.array(sorted(CC_LANGUAGES), langs.type))
-        rows = langs_l.value_parent_indices().filter(mask).to_pylist()
+        rows = list_parents(langs_l)[mask.to_numpy(zero_copy_only=False)].tolist()
         texts = b.strings(sols_l.flatten().filter(mask), f"{column}.solution", row_of=lambda i: rows[i])
         return rows, langs.filter(mask).to_pylist(), texts, len(langs) - len(rows)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -105,7 +106,7 @@ class Batch:
 
     def str_lists(self, arr: pa.Array, column: str) -> list[list[str]]:
         """Per-row Python lists of a list<string> column (null lists are empty)."""
-        values, parents = arr.flatten(), arr.value_parent_indices().to_pylist()
+        values, parents = arr.flatten(), list_parents(arr).tolist()
         texts = self.strings(values, column, row_of=lambda i: parents[i])
         out: list[list[str]] = [[] for _ in range(len(arr))]
         for p, t in zip(parents, texts):
@@ -153,6 +154,12 @@ def to_str_list(arr: pa.Array, column: str, path: Path, row_of: Callable[[int], 
     raise TransformError(f"{path.name} column {column!r}: could not decode strings", where=str(path))
 
 
+def list_parents(arr: pa.Array) -> np.ndarray:
+    """Row index of each value of `arr.flatten()` (null lists contribute none, even when backed by values)."""
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    return np.repeat(np.arange(len(arr)), lengths)
+
+
 def struct_lists(arr: pa.Array, fields: Sequence[str], path: Path, column: str) -> list[pa.Array]:
     """The list children of a (nullable) struct-of-lists column, checked to have equal lengths per row."""
     children = [pc.struct_field(arr, f) for f in fields]
@@ -190,6 +197,13 @@ class TokenCounter:
         self.sp = sp
         self.threads = threads or os.cpu_count() or 1
         self.tokens = 0  # running total of tokens counted, for throughput figures
+        # sentencepiece >= 0.2.1 can return each text's ids as one int32 buffer: counting their
+        # sizes skips building a Python int per token (about a tenth of the encode's CPU time).
+        try:
+            sp.encode(["a"], out_type="numpy", num_threads=1)
+            self.out_type = "numpy"
+        except (ValueError, TypeError, RuntimeError):
+            self.out_type = int
 
     def counts(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text, in order; encodes in chunks of bounded total size."""
@@ -206,7 +220,7 @@ class TokenCounter:
     def _encode(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
-        lens = list(map(len, self.sp.encode(list(texts), num_threads=self.threads)))
+        lens = list(map(len, self.sp.encode(list(texts), out_type=self.out_type, num_threads=self.threads)))
         self.tokens += sum(lens)
         return lens
 
