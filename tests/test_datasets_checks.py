@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -58,7 +59,7 @@ def test_schema_check_on_non_json_line(tmp_path, ds_schemas, ds_root, ds_mbpp_js
     copy_tree(ds_root, tmp_path, [ds_schemas["mbpp"]])
     good = (ds_root / ds_mbpp_jsonl["test"]).read_bytes().splitlines(keepends=True)[0]
     (tmp_path / "x.jsonl").write_bytes(good + b'{broken\n')
-    with pytest.raises(CheckFailed, match="line 2 is not JSON"):
+    with pytest.raises(CheckFailed, match="line 2: is not JSON"):
         run_check("jsonl_schema", tmp_path, "x.jsonl", {"schema": ds_schemas["mbpp"]})
 
 
@@ -75,7 +76,7 @@ def test_rows_counts_flags_and_ids(tmp_path, ds_root, ds_cc_jsonl, ds_mbpp_jsonl
     copy_tree(ds_root, tmp_path, [cc])
     first = json.loads((tmp_path / cc).read_text(encoding="utf-8").splitlines()[0])["task_id"]
     edit_line(tmp_path / cc, 5, lambda r: r.update(task_id=first))
-    with pytest.raises(CheckFailed, match=f"line 5: task_id {first!r} repeats line 1"):
+    with pytest.raises(CheckFailed, match=re.escape(f"line 5: task_id {first!r} repeats line 1")):
         run_check("rows", tmp_path, cc, {})
     assert run_check("rows", tmp_path, cc, {"unique_task_ids": False}) == f"{n} rows"
 
@@ -132,5 +133,19 @@ def test_disjoint_subset_of(tmp_path, ds_root, ds_cc_jsonl):
     row = (tmp_path / small).read_text(encoding="utf-8").splitlines()[0]
     with open(tmp_path / valid, "a", encoding="utf-8") as f:
         f.write(row + "\n")
-    with pytest.raises(CheckFailed, match=f"appears in both {small} \\(subset of {train}\\) and {valid}"):
+    with pytest.raises(CheckFailed, match=re.escape(f"appears in both {small} (subset of {train}) and {valid}")):
         run_check("disjoint", tmp_path, small, params)
+
+
+def test_schema_check_in_parallel_names_the_global_line(tmp_path, ds_root, ds_cc_jsonl, ds_schemas, monkeypatch):
+    import reconciler.checks.datasets as checks
+
+    rel = ds_cc_jsonl[0]["train"]
+    copy_tree(ds_root, tmp_path, [rel, ds_schemas["codecontests"]])
+    monkeypatch.setattr(checks, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(checks.os, "cpu_count", lambda: 2)  # 8 byte ranges, 2 processes
+    n = ds_cc_jsonl[1]["train"]["rows_written"]
+    assert run_check("jsonl_schema", tmp_path, rel, {"schema": ds_schemas["codecontests"]}).startswith(f"{n} rows")
+    edit_line(tmp_path / rel, 41, lambda r: r["metadata"].update(difficulty=-1))
+    with pytest.raises(CheckFailed, match=r"^line 41: field metadata/difficulty: -1 is less than the minimum of 0"):
+        run_check("jsonl_schema", tmp_path, rel, {"schema": ds_schemas["codecontests"]})

@@ -93,12 +93,12 @@ def _solutions(rng: random.Random, n: int) -> dict:
     return {"language": langs, "solution": [_code(rng, lang) for lang in langs]}
 
 
-def codecontests_row(rng: random.Random, i: int, solutions_per_problem: int) -> dict:
+def codecontests_row(rng: random.Random, i: int, solutions_per_problem: int, seed: int = 0) -> dict:
     """One synthetic CodeContests problem row (a dict of every hub column)."""
     n_public = rng.choice((0, 1, 1, 2, 3))
     cf = rng.random() < 0.7
     return {
-        "name": f"{1000 + i}_{chr(65 + i % 6)}. Synthetic problem {i}",
+        "name": f"{1000 + i}_{chr(65 + i % 6)}. Synthetic problem {i} (seed {seed})",  # unique across seeds
         "description": _description(rng, i),
         "public_tests": _tests(rng, n_public, allow_empty=True),
         "private_tests": _tests(rng, rng.randint(0, 3), allow_empty=False),
@@ -128,7 +128,7 @@ def make_codecontests_parquet(path: str | Path, n_problems: int, solutions_per_p
     rng = random.Random(seed)
     with pq.ParquetWriter(path, CODECONTESTS_SCHEMA) as writer:
         for start in range(0, n_problems, row_group_size):
-            rows = [codecontests_row(rng, i, solutions_per_problem)
+            rows = [codecontests_row(rng, i, solutions_per_problem, seed)
                     for i in range(start, min(start + row_group_size, n_problems))]
             writer.write_table(pa.Table.from_pylist(rows, schema=CODECONTESTS_SCHEMA))
     return path
