@@ -83,9 +83,10 @@ def select(problems: np.ndarray, labels: np.ndarray, n: int, rng: random.Random)
     rng.shuffle(order)
     chosen: list[int] = []
     first_round = True
-    while len(chosen) < min(n, problems.size):
+    target = min(n, problems.size)  # n may exceed the rows there are: then take them all
+    while len(chosen) < target:
         for p in order:
-            if len(chosen) == n:
+            if len(chosen) == target:
                 break
             need = min((lab for lab in present if left[lab]), key=lambda lab: picked[lab])
             avail = [lab for lab in present if groups.available(p, lab)]
