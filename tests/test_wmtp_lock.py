@@ -99,3 +99,21 @@ def test_plan_json_follows_its_schema(fresh):
     from reconciler.lockfile import load_schema
     r = _cli("plan", "--json", cwd=fresh)
     jsonschema.validate(json.loads(r.output), load_schema("plan.schema.json"))
+
+
+def _diff(old: dict, new: dict) -> dict:
+    from reconciler.diff import diff_locks
+    return diff_locks(lock_from_data(old), lock_from_data(new))
+
+
+def test_a_revision_change_cascades_to_the_micro_models_and_datasets():
+    old = yaml.safe_load(LOCK.read_text())
+    new = yaml.safe_load(LOCK.read_text())
+    new["sources"]["meta-mtp"]["revision"] = "1" * 40
+    rebuilt = {e["path"] for e in _diff(old, new)["rebuilt"]}
+    assert {"models_v2/meta-llama-mtp/safetensors/model.safetensors", "models_v2/micro-mtp/safetensors/model.safetensors",
+            "models_v2/micro-mtp/safetensors/SHA256SUMS", "models_v2/micro-mtp/metadata.json"} <= rebuilt
+    new["sources"]["code-contests"]["revision"] = "2" * 40
+    rebuilt = {e["path"] for e in _diff(old, new)["rebuilt"]}
+    assert {"datasets_v2/codecontests/processed/train.jsonl", "datasets_v2/codecontests/stats/summary.json",
+            "datasets_local_small/codecontests_small/train.jsonl"} <= rebuilt
