@@ -85,6 +85,26 @@ def plan_for(lock: Lock, root: Path, cache: StatCache) -> Plan:
     return make_plan(lock, observed, tuple(untracked(lock, root)))
 
 
+def refresh_sizes(lock: Lock, plan: Plan) -> Plan:
+    """`plan --refresh`: ask the hub for the sizes of pending fetches the lock does not pin.
+
+    The planner stays offline and pure; this only annotates its actions with facts from the hub.
+    """
+    from .sources import hf
+    actions = []
+    for x in plan.actions:
+        if x.action == "fetch" and x.download_bytes is None:
+            a = lock.artifacts[x.path]
+            src = lock.sources[a.fetch.source]
+            if a.is_dir:
+                size = sum(r.size for r in hf.list_files(src, a.fetch.glob))
+            else:
+                size = hf.remote_file(src, a.fetch.path).size
+            x = replace(x, download_bytes=size)
+        actions.append(x)
+    return replace(plan, actions=tuple(actions))
+
+
 class RootLock:
     """An advisory lock under the root that keeps two applies apart (correctness never needs it)."""
 

@@ -87,14 +87,17 @@ def render_plan(plan, show_ok: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the plan for `apply --plan`.")
 @click.option("--all", "show_all", is_flag=True, help="Also list up-to-date artifacts.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 2 when changes are pending.")
+@click.option("--refresh", is_flag=True, help="Ask the hub for the sizes of unpinned downloads (network).")
 @click.pass_obj
-def plan(obj, as_json, out, show_all, detailed_exitcode):
-    """Preview what apply would do (never touches the network)."""
-    from .apply import plan_for
+def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
+    """Preview what apply would do (offline unless --refresh)."""
+    from .apply import plan_for, refresh_sizes
     from .publish import write_bytes_atomic
     from .state import StatCache
     lock, root = obj.load()
     p = plan_for(lock, root, StatCache(root))
+    if refresh:
+        p = refresh_sizes(lock, p)
     if out:
         write_bytes_atomic(Path(out).resolve(), (json.dumps(p.to_json(), indent=2) + "\n").encode(), where=out)
     if as_json:

@@ -64,7 +64,14 @@ class Plan:
         c = self.counts()
         text = (f"Plan: {c['fetch']} to fetch, {c['build']} to build, {c['rebuild']} to rebuild, "
                 f"{c['ok']} up to date")
-        return text + (f", {c['blocked']} blocked" if c["blocked"] else "")
+        text += f", {c['blocked']} blocked" if c["blocked"] else ""
+        fetches = [a for a in self.actions if a.action == "fetch"]
+        if fetches:
+            known = sum(a.download_bytes or 0 for a in fetches)
+            unknown = sum(a.download_bytes is None for a in fetches)
+            text += f"; {human_bytes(known)} to download" + (
+                f" (+{unknown} of unknown size: `plan --refresh` asks the hub)" if unknown else "")
+        return text
 
     def to_json(self) -> dict:
         """The plan's JSON form (schemas/plan.schema.json)."""
@@ -135,6 +142,23 @@ def recipe_change(old: Mapping | None, new: Mapping) -> str:
     return "recipe changed"
 
 
+def _known_size(a: Artifact) -> int | None:
+    """Bytes a fetch downloads, when the lock pins them (a folder: every member's size)."""
+    if a.files:
+        sizes = [m.size for m in a.files.values()]
+        return None if any(s is None for s in sizes) else sum(sizes)
+    return a.size
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KB' (decimal units, like the hub)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 def _short(sha: str | None) -> str:
     return sha if sha else "nothing"
 
@@ -143,7 +167,7 @@ def _plan_fetch(lock: Lock, a: Artifact, obs: Observed) -> tuple[Action, str | N
     recipe = fetch_recipe(lock, a, obs)
     rh = sha256_json(recipe)
     common = {"path": a.path, "kind": "fetch", "recipe_hash": rh, "expected_sha256": a.sha256,
-              "found_sha256": obs.sha256, "download_bytes": a.size}
+              "found_sha256": obs.sha256, "download_bytes": _known_size(a)}
     if obs.kind == "wrong_type":
         what = "a folder" if not a.is_dir else "a file"
         return Action(action="blocked", reason=f"{what} sits where the artifact should be; move it away", **common), None

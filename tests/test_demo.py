@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -85,3 +86,30 @@ def test_demo_lock_layout_matches_the_wmtp_lock():
     shared = {p for p in real if not p.split("/")[2] == "raw"} & demo
     assert len(shared) >= 40  # derived artifacts share paths; only raw upstream names differ
 
+
+
+def test_lock_resolve_pins_commits_sha256_and_sizes_from_the_hub(demo_store, tmp_path):
+    from reconciler.lockedit import resolve_from_hub
+    lock_path = tmp_path / "storage.lock.yaml"
+    shutil.copy(DEMO / "storage.lock.yaml", lock_path)
+    with demo_token():
+        changes = resolve_from_hub(lock_path, load_lock(lock_path))
+    lock = load_lock(lock_path)
+    assert lock.sources["meta-mtp"].revision == demo_store["facebook/multi-token-prediction"]
+    assert all(s.pinned for s in lock.sources.values())
+    ckpt = lock.artifacts["models_v2/meta-llama-mtp/raw/7B_1T_4/consolidated.pth"]
+    assert ckpt.sha256 and ckpt.size and any("consolidated.pth: sha256" in c for c in changes)
+    assert lock.artifacts["models_v2/meta-llama-mtp/raw/7B_1T_4/params.json"].size  # non-LFS: size only
+
+
+def test_plan_refresh_asks_the_hub_for_download_sizes(demo_store, tmp_path):
+    from reconciler.apply import plan_for, refresh_sizes
+    from reconciler.state import StatCache
+    lock = load_lock(DEMO / "storage.lock.yaml")
+    plan = plan_for(lock, tmp_path / "storage", StatCache(tmp_path / "storage"))
+    assert "of unknown size" in plan.summary()
+    with demo_token():
+        refreshed = refresh_sizes(lock, plan)
+    fetches = [a for a in refreshed.actions if a.action == "fetch"]
+    assert fetches and all(a.download_bytes for a in fetches)
+    assert "unknown" not in refreshed.summary() and refreshed.state_digest == plan.state_digest
