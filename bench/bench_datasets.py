@@ -112,6 +112,8 @@ def measure(n_problems: int = 1000, solutions_per_problem: int = 300, workdir: P
     """Generate inputs, run the benchmark and return its figures as a flat dict."""
     from reconciler.testing.datasets import make_codecontests_parquet
 
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-datasets-", dir=workdir) as tmp:
         tmp = Path(tmp)
         tok = _tokenizer(tmp)
