@@ -286,7 +286,7 @@ def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: R
             bad_input = next((p for p in x.inputs if p in result.failed or p in result.skipped), None)
             if bad_input or stop.stopped:
                 why = (f"input {bad_input} failed" if bad_input in result.failed else
-                       f"input {bad_input} was not built" if bad_input else "apply stopped at a failure")
+                       f"input {bad_input} was skipped" if bad_input else "apply stopped at a failure")
                 result.skipped[x.path] = why
                 return
             if x.action == "blocked":

@@ -170,7 +170,7 @@ def apply(obj, plan_file, keep_going, jobs, wait):
     for err in result.failed.values():
         click.secho(f"error: {err.render()}", fg="red", err=True)
     click.echo(f"Apply: {len(result.done)} done, {len(result.failed)} failed, {len(result.skipped)} skipped.")
-    not_run = [p for p, why in result.skipped.items() if not why.startswith("input ")]
+    not_run = [p for p, why in result.skipped.items() if not why.startswith("input ")]  # stopped early
     for path, why in result.skipped.items():
         if why.startswith("input "):
             click.echo(f"  skipped  {path}  ({why})")
