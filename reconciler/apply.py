@@ -154,11 +154,16 @@ class _Run:
         return replace(src, revision=self.commits[name]), src.revision
 
 
-def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | None) -> dict:
-    return {"recipe": recipe, "recipe_hash": sha256_json(recipe), "sha256": sha, "size": size,
-            "tools": tool_versions(), "info": info or {},
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": round(time.monotonic() - started, 3)}
+def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | None, final: Path) -> dict:
+    rec = {"recipe": recipe, "recipe_hash": sha256_json(recipe), "sha256": sha, "size": size,
+           "tools": tool_versions(), "info": info or {},
+           "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "duration_s": round(time.monotonic() - started, 3)}
+    if final.suffix == ".safetensors":  # lets `check` say what changed (a dtype, a shape, the values)
+        from .safetensors_io import manifest_digest, tensor_manifest
+        rec["tensors"] = tensor_manifest(final)
+        rec["content_digest"] = manifest_digest(rec["tensors"])
+    return rec
 
 
 def _fetch_file(run: _Run, a: Artifact) -> str:
@@ -173,7 +178,7 @@ def _fetch_file(run: _Run, a: Artifact) -> str:
                            mismatch_fix="re-run apply; if upstream really changed, update the pin in the lock")
     run.cache.remember_file(a.path, final, sha)
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "path": a.fetch.path}}
-    rec = _provenance(recipe, size, sha, started, {"etag_sha256": remote.sha256})
+    rec = _provenance(recipe, size, sha, started, {"etag_sha256": remote.sha256}, final)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision})
     return f"{size:,} bytes from {src.repo}@{src.revision[:12]}"
 
@@ -212,7 +217,7 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> str:
                              fix="re-run apply; if upstream really changed, update the pins in the lock")
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "glob": a.fetch.glob}}
     size = sum((folder / n).stat().st_size for n in members)
-    rec = _provenance(recipe, size, sha, started, None)
+    rec = _provenance(recipe, size, sha, started, None, folder)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members,
                                               "member_sizes": {n: (folder / n).stat().st_size for n in members}})
     return f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}"
@@ -237,7 +242,7 @@ def _build(run: _Run, a: Artifact, planned: dict[str, str]) -> str:
                            mismatch_fix="if the recipe change is intended, set this artifact's sha256 to null, "
                                         "run apply, then `reconcile lock` to pin the new bytes")
     run.cache.remember_file(a.path, final, sha)
-    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info))
+    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final))
     return f"{size:,} bytes via {t.name} v{t.version}"
 
 

@@ -74,7 +74,8 @@ def _set(m: CommentedMap, key: str, value) -> None:
         m[key] = value
         return
     keys = list(m.keys())
-    anchor = max((keys.index(k) for k in ("fetch", "build", "sha256", "size") if k in keys), default=-1)
+    anchor = max((keys.index(k) for k in ("fetch", "build", "sha256", "size", "content_digest") if k in keys),
+                 default=-1)
     m.insert(anchor + 1, key, value)
 
 
@@ -93,6 +94,9 @@ def pin_from_state(lock_path: Path, lock: Lock, root: Path) -> list[str]:
         if a.sha256 is None:
             _set(m, "sha256", o.sha256)
             changes.append(f"{path}: sha256 {o.sha256}")
+        if a.content_digest is None and (o.prov or {}).get("content_digest"):
+            _set(m, "content_digest", o.prov["content_digest"])
+            changes.append(f"{path}: content_digest {o.prov['content_digest']}")
         if a.size is None and not a.is_dir and o.size is not None:
             _set(m, "size", o.size)
             changes.append(f"{path}: size {o.size}")

@@ -358,3 +358,35 @@ def _count_differing(path_a, ia: TensorInfo, path_b, ib: TensorInfo) -> int:
         xb = np.frombuffer(pb, dtype=np.uint8).reshape(-1, width)
         count += int((xa != xb).any(axis=1).sum())
     return count
+
+
+def tensor_manifest(path: str | os.PathLike) -> dict[str, dict]:
+    """name -> {dtype, shape, sha256} for every tensor, in one streamed pass."""
+    infos, _ = read_header(path)
+    digests = tensor_digests(path)
+    return {n: {"dtype": infos[n].dtype, "shape": list(infos[n].shape), "sha256": digests[n]} for n in sorted(infos)}
+
+
+def manifest_digest(manifest: dict[str, dict]) -> str:
+    """The content digest of a tensor manifest (equal to `content_digest` of its file)."""
+    h = hashlib.sha256()
+    for name in sorted(manifest):
+        m = manifest[name]
+        h.update(json.dumps([name, m["dtype"], m["shape"], m["sha256"]], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def manifest_changes(old: dict[str, dict], new: dict[str, dict]) -> list[str]:
+    """What changed between two tensor manifests: tensors added/removed, dtype, shape, values."""
+    lines = [f"tensor {n}: missing" for n in sorted(old.keys() - new.keys())]
+    lines += [f"tensor {n}: unexpected" for n in sorted(new.keys() - old.keys())]
+    for n in sorted(old.keys() & new.keys()):
+        o, w = old[n], new[n]
+        if o["dtype"] != w["dtype"]:
+            lines.append(f"tensor {n}: dtype {o['dtype']} -> {w['dtype']}")
+        elif o["shape"] != w["shape"]:
+            lines.append(f"tensor {n}: shape {o['shape']} -> {w['shape']}")
+        elif o["sha256"] != w["sha256"]:
+            lines.append(f"tensor {n}: values changed")
+    return lines

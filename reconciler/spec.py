@@ -73,6 +73,7 @@ class Artifact:
     size: int | None = None
     dtype: str | None = None
     max_size: int | None = None
+    content_digest: str | None = None  # safetensors: serialisation-independent digest of the tensors
     checks: tuple[CheckSpec, ...] = ()
     files: Mapping[str, Member] | None = None  # glob artifacts: relpath -> member pins
     open: str | None = None  # why a pin is deliberately left open

@@ -68,7 +68,30 @@ def select(lock: Lock, targets: list[str]) -> list[str]:
     return out
 
 
-def _bytes_verdict(a: Artifact, o: Observed) -> tuple[str, str]:
+def _tensor_verdict(a: Artifact, o: Observed, full: Path) -> tuple[str, str] | None:
+    """For a drifted safetensors file: is it only re-serialised, or what changed in its tensors?"""
+    from .safetensors_io import manifest_changes, manifest_digest, tensor_manifest
+    try:
+        now = tensor_manifest(full)
+    except (ReconcileError, OSError, ValueError) as e:
+        return "drifted", f"sha256 mismatch and not a readable safetensors file: {getattr(e, 'message', e)}"
+    digest = manifest_digest(now)
+    prov = o.prov or {}
+    pinned = a.content_digest or (prov.get("content_digest") if prov.get("sha256") == a.sha256 else None)
+    if pinned and digest == pinned:
+        status = "ok" if a.content_digest else "drifted"
+        return status, (f"bytes differ from the pinned sha256 {a.sha256} but the tensor content is identical "
+                        "(only the serialisation changed)")
+    if prov.get("sha256") == a.sha256 and prov.get("tensors"):
+        changes = manifest_changes(prov["tensors"], now)
+        if changes:
+            more = f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+            return "drifted", (f"sha256 mismatch: expected {a.sha256}, found {o.sha256}; "
+                               + "; ".join(changes[:3]) + more + ": run `reconcile apply` to repair")
+    return None
+
+
+def _bytes_verdict(a: Artifact, o: Observed, full: Path) -> tuple[str, str]:
     if o.kind == "missing":
         return "missing", "missing: run `reconcile apply`"
     if o.kind == "wrong_type":
@@ -79,6 +102,10 @@ def _bytes_verdict(a: Artifact, o: Observed) -> tuple[str, str]:
         return "unpinned", f"no sha256 pinned (found {o.sha256}): run `reconcile lock`" + (
             f"; open because: {a.open}" if a.open else "")
     if o.sha256 != a.sha256:
+        if full.suffix == ".safetensors":
+            verdict = _tensor_verdict(a, o, full)
+            if verdict:
+                return verdict
         return "drifted", f"sha256 mismatch: expected {a.sha256}, found {o.sha256}: run `reconcile apply` to repair"
     if a.size is not None and o.size is not None and o.size != a.size:
         return "drifted", f"size mismatch: expected {a.size}, found {o.size}"
@@ -130,7 +157,7 @@ def check(lock: Lock, root: Path, targets: list[str] | None = None, *, deep: boo
     out = []
     for p in paths:
         a = lock.artifacts[p]
-        status, detail = _bytes_verdict(a, observed[p])
+        status, detail = _bytes_verdict(a, observed[p], root / p)
         st = ArtifactStatus(p, status, detail, observed[p].sha256)
         if status in ("ok", "unpinned") and a.checks:
             st.checks = _run_checks(lock, root, a, observed, cache, deep)

@@ -113,3 +113,28 @@ def test_plan_refresh_asks_the_hub_for_download_sizes(demo_store, tmp_path):
     fetches = [a for a in refreshed.actions if a.action == "fetch"]
     assert fetches and all(a.download_bytes for a in fetches)
     assert "unknown" not in refreshed.summary() and refreshed.state_digest == plan.state_digest
+
+
+def test_check_tells_serialisation_from_tensor_changes(demo_built, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from reconciler.lockedit import pin_from_state
+    lock_path, root, _ = demo_built
+    shutil.copytree(root, tmp_path / "storage", symlinks=True)
+    lock_copy = tmp_path / "storage.lock.yaml"
+    shutil.copy(lock_path, lock_copy)
+    pin_from_state(lock_copy, load_lock(lock_copy), tmp_path / "storage")
+    lock = load_lock(lock_copy)
+    target = "models_v2/micro-ref/safetensors/model.safetensors"
+    assert lock.artifacts[target].content_digest
+    f = tmp_path / "storage" / target
+    tensors = load_file(f)
+    save_file(tensors, f, metadata={"format": "pt", "note": "re-serialised"})  # same tensors, new bytes
+    st = {a.path: a for a in check(lock, tmp_path / "storage", [target]).artifacts}[target]
+    assert st.status == "ok" and "only the serialisation changed" in st.detail
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + torch.ones_like(tensors[name])
+    save_file(tensors, f, metadata={"format": "pt"})
+    st = {a.path: a for a in check(lock, tmp_path / "storage", [target]).artifacts}[target]
+    assert st.status == "drifted" and f"tensor {name}: values changed" in st.detail
