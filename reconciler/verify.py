@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import CheckFailed, ReconcileError
+from .errors import CheckFailed, LockError, ReconcileError
 from .hashing import sha256_json
 from .lockfile import check_root_containment
 from .registry import CHECKS, CheckContext
@@ -63,7 +63,7 @@ def select(lock: Lock, targets: list[str]) -> list[str]:
                 out.append(p)
                 break
     if not out:
-        raise ReconcileError(f"no artifact matches {' '.join(targets)}", where="targets",
+        raise LockError(f"no artifact matches {' '.join(targets)}", where="targets",
                              fix="give a path prefix or glob of artifacts in the lock (see `reconcile plan`)")
     return out
 
