@@ -1,0 +1,128 @@
+"""`make bench`: every benchmark, one markdown table of ratios against baselines measured in the same run.
+
+    python3 bench/run.py [--quick] [--only NAME ...] [--workdir DIR] [--keep]
+
+NAMEs: convert, download, dataset, check, deep, lock. Writes the table to bench-out/results.md
+and the raw figures (plus the machine description) to bench-out/results.json. Large files are
+generated under the work dir (default bench-out/work) and removed at the end unless --keep.
+A benchmark that fails becomes an `error` row; the others still run. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench modules
+
+from _util import REPO, Row, fmt_s, machine, machine_line  # noqa: E402
+
+NAMES = ("convert", "download", "dataset", "check", "deep", "lock")
+COLUMNS = ("benchmark", "figure", "ours", "baseline", "ratio", "goal", "met")
+
+
+def dataset_rows(work: Path, quick: bool) -> list[Row]:
+    """Row 3: bench/bench_datasets.py's `measure()` figures, at its spec's smallest size (quick: tiny)."""
+    import bench_datasets
+    problems, solutions = (100, 30) if quick else (1000, 300)  # default = its spec: >= 1,000 x >= 300,000
+    work.mkdir(parents=True, exist_ok=True)
+    r = bench_datasets.measure(problems, solutions, work, repeats=1 if quick else 2)
+    label = f"3 dataset to_alpaca ({r['problems']:,} problems, {r['solution_entries']:,} solution entries)"
+    ratio = r["ratio_vs_sp_alone"]
+    return [
+        Row(label, "tokens/s: conversion vs SentencePiece alone", f"{r['tokens_per_s']:,} tok/s",
+            f"SP alone {r['sp_alone_tokens_per_s']:,} tok/s", f"{ratio:.2f}x", ">= 0.7x", "yes" if ratio >= 0.7 else "no",
+            r),
+        Row(label, "rows/s (rows written)", f"{r['rows_per_s']:,} rows/s", f"{r['rows']:,} rows in {r['seconds']} s"),
+        Row(label, "peak RSS at N vs 2N input", f"{r['peak_rss_mb_n']} MB / {r['peak_rss_mb_2n']} MB",
+            f"after imports {r['import_rss_mb']} MB", f"{r['peak_rss_mb_2n'] / r['peak_rss_mb_n']:.2f}x",
+            "flat (2N/N <= 1.1x)", "yes" if r["peak_rss_mb_2n"] <= 1.1 * r["peak_rss_mb_n"] else "no"),
+    ]
+
+
+def _runners():
+    import bench_check
+    import bench_download
+    import bench_lock
+    import bench_models
+    return {"convert": bench_models.run, "download": bench_download.run, "dataset": dataset_rows,
+            "check": lambda w, q: bench_check.run(w, q, "stat"), "deep": lambda w, q: bench_check.run(w, q, "deep"),
+            "lock": bench_lock.run}
+
+
+def run_all(names: list[str], work: Path, quick: bool) -> tuple[list[Row], dict[str, float]]:
+    """Run the named benchmarks in order; a failure becomes an error row. Returns rows and durations."""
+    rows: list[Row] = []
+    took: dict[str, float] = {}
+    runners = _runners()
+    for name in names:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            rows += runners[name](work / name, quick)
+        except Exception as e:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            rows.append(Row(name, "error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+        finally:
+            shutil.rmtree(work / name, ignore_errors=True)  # large files go as soon as their bench is done
+        took[name] = time.perf_counter() - t0
+        print(f"bench: {name} done in {fmt_s(took[name])}", file=sys.stderr, flush=True)
+    return rows, took
+
+
+def table(rows: list[Row]) -> str:
+    """The one markdown table."""
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(x) for x in (r.bench, r.figure, r.ours, r.baseline, r.ratio, r.goal,
+                                                           r.met)) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, rows: list[Row], took: dict, mach: dict, quick: bool) -> str:
+    """Write results.md and results.json; returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    md = (f"# reconcile benchmarks{' (--quick)' if quick else ''}\n\nMachine: {machine_line(mach)}  \n"
+          f"Run: {when}, {sum(took.values()):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in took.items())})\n\n"
+          + table(rows) + "\n")
+    (out_dir / "results.md").write_text(md)
+    doc = {"when": when, "quick": quick, "machine": mach, "seconds": {k: round(v, 1) for k, v in took.items()},
+           "rows": [r.as_dict() for r in rows]}
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run, print the table; exit 1 if a benchmark errored (missed goals are not errors)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every benchmark")
+    ap.add_argument("--only", action="append", choices=NAMES, metavar="NAME",
+                    help=f"run only this benchmark (repeatable): {', '.join(NAMES)}")
+    ap.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "work")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (generated inputs are still removed)")
+    args = ap.parse_args(argv)
+    names = [n for n in NAMES if n in (args.only or NAMES)]
+    mach = machine()
+    print(f"machine: {machine_line(mach)}", file=sys.stderr)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        rows, took = run_all(names, args.workdir, args.quick)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    md = write_results(REPO / "bench-out", rows, took, mach, args.quick)
+    print(md)
+    return 1 if any(r.figure == "error" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
