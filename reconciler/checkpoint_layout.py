@@ -26,12 +26,12 @@ class LayoutError(ReconcileError):
     """A config that cannot describe a model (missing or inconsistent fields)."""
 
 
-def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
     """LLaMA's SwiGLU width rule: 11008 for dim 4096 (multiple_of 256), 1536 for dim 512."""
     h = int(2 * 4 * dim / 3)
     if ffn_dim_multiplier is not None:
         h = int(ffn_dim_multiplier * h)
-    return multiple_of * math.ceil(h / multiple_of)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)  # integer ceil: exact at any size
 
 
 def _int(cfg: Mapping, key: str, default=None) -> int:

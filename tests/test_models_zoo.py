@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from reconciler.checks import model_checks
 from reconciler.errors import CheckFailed
-from reconciler.models import build_model, expected_shapes, key_problems, load_strict, read_summary
+from reconciler.models import HeaderError, build_model, expected_shapes, key_problems, load_strict, read_summary
 from reconciler.models.mtp import MTPTransformer, ffn_hidden_dim
 from reconciler.testing.tokenizer import tokenizer_model_bytes
 from reconciler.transforms.model_configs import trainer_spec_facts
@@ -41,6 +41,30 @@ def test_mtp_layout_matches_the_7b_state_dict():
     assert len(shapes) == 291 and sum(torch.Size(s).numel() for s in shapes.values()) == 6_738_415_616
     assert shapes["layers.28.feed_forward.w2.weight"] == (4096, 11008) and "layers.29.ffn_norm.weight" not in shapes
     assert shapes["extra_heads.2.attention.wq.weight"] == (4096, 4096)
+
+
+@pytest.mark.parametrize("arch, config", [
+    ("mtp", MTP_PARAMS), ("mtp", {**MTP_PARAMS, "n_future_tokens": 1, "ffn_dim_multiplier": 1.3}),
+    ("llama", LLAMA_CONFIG), ("llama", {**LLAMA_CONFIG, "num_key_value_heads": 2, "head_dim": 32}),
+    ("llama", {**LLAMA_CONFIG, "tie_word_embeddings": True}),
+])
+def test_expected_shapes_are_the_built_models_state_dict(arch, config):
+    with torch.device("meta"):
+        model = build_model(arch, config)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight")  # tied: the checkpoint stores the embedding once
+    assert expected_shapes(arch, config) == dict(sorted(state.items()))
+
+
+@pytest.mark.parametrize("arch, config, error", [
+    ("mtp", {**MTP_PARAMS, "dim": 60}, "head dim 15 must be even"), ("gpt2", {}, "unknown arch"),
+    ("llama", {**LLAMA_CONFIG, "rope_scaling": {"type": "linear"}}, "rope_scaling"),
+    ("mtp", {**MTP_PARAMS, "multiple_of": 32.0}, "multiple_of must be an integer"),
+])
+def test_expected_shapes_refuse_what_the_model_refuses(arch, config, error):
+    with pytest.raises(ValueError, match=error):
+        expected_shapes(arch, config)
 
 
 def test_mtp_logits_shape_one_head_or_all():
@@ -130,6 +154,14 @@ def test_read_summary_counts_params_and_dtype(tmp_path):
               str(tmp_path / "x.safetensors"))
     s = read_summary(tmp_path / "x.safetensors")
     assert (s.n_params, s.dtype, s.shape("a")) == (17, "bfloat16", (3, 4))
+
+
+def test_read_summary_validates_strictly(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.zeros(3, 4)}, str(path))
+    path.write_bytes(path.read_bytes()[:-4])  # a truncated download: the header alone still parses
+    with pytest.raises(HeaderError, match=r"x.safetensors: tensor a: data ends at byte \d+, past the end"):
+        read_summary(path)
 
 
 # ---- the loads check ---------------------------------------------------------------------------------

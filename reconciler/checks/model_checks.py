@@ -9,9 +9,10 @@ from typing import Any
 
 import yaml
 
+from ..checkpoint_layout import ffn_hidden_dim
 from ..errors import CheckFailed
 from ..models import ARCHES, HeaderError, WeightsSummary, block_count, load_strict, read_summary
-from ..models.mtp import ffn_hidden_dim, meta_params_with_defaults
+from ..models.mtp import meta_params_with_defaults
 from ..registry import check
 
 # A fixed code prompt: tokenised by the real tokenizer, so the ids exercise real vocabulary rows.

@@ -2,13 +2,12 @@
 
 Why here: the `loads` and `config_consistent` checks and the micro-model and config
 transforms must agree on one answer to "which tensors, of which shapes, does this config
-imply", so every one of them asks the model built on the `meta` device (no memory).
+imply", so every one of them asks `expected_shapes`: the model's own config validation, then
+the layout rules of `checkpoint_layout` (which the `tensors` check and the converters use too).
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint_layout import LayoutError, hf_llama_shapes, meta_shapes, n_params
+from ..errors import IntegrityError
+from ..safetensors_io import read_header
 from . import llama, mtp
 
 ARCHES = ("mtp", "llama")
@@ -24,7 +26,6 @@ ARCHES = ("mtp", "llama")
 ST_TO_NAME = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
               "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 NAME_TO_ST = {v: k for k, v in ST_TO_NAME.items()}
-MAX_HEADER = 100 * 1024 * 1024  # safetensors' own bound on the JSON header
 
 
 class HeaderError(ValueError):
@@ -52,13 +53,7 @@ class WeightsSummary:
     @property
     def n_params(self) -> int:
         """Total number of elements over all tensors."""
-        total = 0
-        for _, shape in self.tensors.values():
-            n = 1
-            for s in shape:
-                n *= s
-            total += n
-        return total
+        return n_params({name: shape for name, (_, shape) in self.tensors.items()})
 
     def shape(self, name: str) -> tuple[int, ...] | None:
         """Shape of a tensor, None when absent."""
@@ -67,27 +62,15 @@ class WeightsSummary:
 
 
 def read_summary(path: str | Path) -> WeightsSummary:
-    """Parse a safetensors header (8-byte length + JSON) without reading any tensor data."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise HeaderError(f"{path}: too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER:
-            raise HeaderError(f"{path}: header length {n} is implausible; not a safetensors file")
-        raw = f.read(n)
+    """The strictly validated safetensors header (`safetensors_io.read_header`), no tensor data read.
+
+    Raises HeaderError for anything read_header rejects (a truncated or corrupt file included).
+    """
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HeaderError(f"{path}: header is not JSON ({e})") from None
-    meta = header.pop("__metadata__", None) or {}
-    tensors = {}
-    for name, info in header.items():
-        try:
-            tensors[name] = (ST_TO_NAME.get(info["dtype"], info["dtype"]), tuple(int(s) for s in info["shape"]))
-        except (KeyError, TypeError, ValueError):
-            raise HeaderError(f"{path}: header entry {name!r} has no valid dtype/shape") from None
-    return WeightsSummary(tensors, meta)
+        infos, meta = read_header(path)
+    except IntegrityError as e:
+        raise HeaderError(f"{path}: {e.message}") from None
+    return WeightsSummary({n: (ST_TO_NAME.get(i.dtype, i.dtype), i.shape) for n, i in infos.items()}, meta)
 
 
 def block_count(names, prefix: str) -> int:
@@ -110,12 +93,20 @@ def build_model(arch: str, config: Mapping) -> nn.Module:
 
 
 def expected_shapes(arch: str, config: Mapping) -> dict[str, tuple[int, ...]]:
-    """The state-dict keys and shapes a config implies, in sorted key order (no memory used)."""
-    with torch.device("meta"):
-        model = build_model(arch, config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if arch == "llama" and model.config["tie_word_embeddings"]:
-        shapes.pop("lm_head.weight")  # tied checkpoints store the embedding once
+    """The state-dict keys and shapes a config implies, in sorted key order (tied lm_head left out).
+
+    The config is checked as `build_model` checks it (ValueError when the model cannot represent
+    it); the keys and shapes are `checkpoint_layout`'s, which equal the built model's state dict.
+    """
+    if arch not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHES)}")
+    try:
+        if arch == "mtp":
+            shapes = meta_shapes(mtp.meta_params_with_defaults(config))
+        else:
+            shapes = hf_llama_shapes(llama.hf_config_with_defaults(config))
+    except LayoutError as e:
+        raise ValueError(e.message) from None
     return dict(sorted(shapes.items()))
 
 

@@ -16,15 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LEGACY_KEYS = ("rope.freqs",)  # an old buffer some Meta checkpoints carry; the model recomputes it
+# The SwiGLU width rule and the legacy `rope.freqs` buffer are layout facts: checkpoint_layout owns them.
+from ..checkpoint_layout import LEGACY_META_KEYS, ffn_hidden_dim
 
-
-def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
-    """LLaMA's SwiGLU width rule: 11008 for dim 4096, 1536 for dim 512 (multiple_of 256)."""
-    hidden = int(2 * 4 * dim / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+LEGACY_KEYS = LEGACY_META_KEYS  # an old buffer some Meta checkpoints carry; the model recomputes it
 
 
 class RMSNorm(nn.Module):

@@ -3,25 +3,24 @@
 One "micro spec" (the params shared by `micro_model`, `micro_params` and `micro_hf_config`, so a
 lock can write it once with a YAML anchor) fixes every tensor shape. The configs are derived from
 it (plus the base's own config for the fields that do not change sizes), never hand-written, and
-the weights file is written by a tiny streaming safetensors writer whose header is a pure function
-of the spec, so `predict_size` is the exact file size (header included) before anything is built.
+the weights file is written by `safetensors_io.SafetensorsWriter`, whose header (`encode_header`) is a
+pure function of the spec, so `predict_size` is the exact file size (header included) before anything is built.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from ..checkpoint_layout import ffn_hidden_dim, n_params
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes
-from ..models import NAME_TO_ST, HeaderError, block_count, expected_shapes, read_summary
-from ..models.mtp import ffn_hidden_dim
+from ..models import HeaderError, block_count, expected_shapes, read_summary
 from ..registry import transform
+from ..safetensors_io import METADATA, SafetensorsWriter, dtype_name, encode_header, expected_nbytes
 from .model_configs import read_json_object
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -107,35 +106,16 @@ def _need_arch(params: Mapping, arch: str) -> None:
 
 # ---- the safetensors layout ------------------------------------------------------------------------
 
-def safetensors_header(shapes: Mapping[str, tuple[int, ...]], dtype: str) -> bytes:
-    """The exact 8-byte length + JSON header the writer emits: sorted names, contiguous data, 8-aligned."""
-    itemsize = torch.empty(0, dtype=DTYPES[dtype]).element_size()
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # HF loaders want format=pt
-    offset = 0
-    for name in sorted(shapes):
-        n = itemsize
-        for s in shapes[name]:
-            n *= s
-        header[name] = {"dtype": NAME_TO_ST[dtype], "shape": list(shapes[name]), "data_offsets": [offset, offset + n]}
-        offset += n
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # safetensors pads the header with spaces to 8 bytes
-    return struct.pack("<Q", len(text)) + text
+def micro_specs(params: Mapping) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (safetensors dtype, shape) of a micro spec: what the writer's header declares."""
+    st = dtype_name(params["dtype"])
+    return {name: (st, shape) for name, shape in micro_shapes(params).items()}
 
 
 def predict_micro_size(params: Mapping) -> int:
-    """Exact byte size of the micro model file a spec implies: header plus tensor bytes."""
-    shapes = micro_shapes(params)
-    itemsize = torch.empty(0, dtype=DTYPES[params["dtype"]]).element_size()
-    data = sum(itemsize * _numel(s) for s in shapes.values())
-    return len(safetensors_header(shapes, params["dtype"])) + data
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    """Exact byte size of the micro model file a spec implies: the writer's header plus tensor bytes."""
+    specs = micro_specs(params)
+    return len(encode_header(specs, METADATA)) + sum(expected_nbytes(d, s) for d, s in specs.values())
 
 
 # ---- the weights -----------------------------------------------------------------------------------
@@ -189,11 +169,6 @@ def sliced_tensor(handle, base_name: str, shape: tuple[int, ...]) -> torch.Tenso
     return sl[tuple(slice(0, s) for s in shape)]
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    # Through uint8 so bfloat16 (which numpy lacks) works too; safetensors is little-endian like the host.
-    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 def _check_base_config(params: Mapping, base_config: dict, base_shapes: Mapping) -> None:
     """The base config, when given, must be the base's: same embedding shape."""
     emb = "tok_embeddings.weight" if params["arch"] == "mtp" else "model.embed_tokens.weight"
@@ -205,27 +180,33 @@ def _check_base_config(params: Mapping, base_config: dict, base_shapes: Mapping)
                              where="config", fix="give the config that belongs to the base")
 
 
-@transform("micro_model", "1", inputs={"base": "optional-file", "config": "optional-file"},
+def _write(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], tensor_for) -> None:
+    """Stream every tensor through the shared writer (it casts to the declared dtype slice by slice)."""
+    with out.open() as f:
+        writer = SafetensorsWriter(f, specs, METADATA)
+        for name in writer.order:
+            writer.write(name, tensor_for(name, specs[name][1]))
+        writer.close()
+
+
+# Version 2: the header is safetensors_io's (save_file's entry key order), no longer a sorted-keys copy.
+@transform("micro_model", "2", inputs={"base": "optional-file", "config": "optional-file"},
            params_schema=MODEL_SCHEMA, predict_size=predict_micro_size)
 def micro_model(inputs, params, out):
     """A micro MTP or Llama safetensors: leading slices of a real base (init: slice) or seeded (random)."""
-    shapes = micro_shapes(params)
-    dtype = DTYPES[params["dtype"]]
+    specs = micro_specs(params)
+    shapes = {name: shape for name, (_, shape) in specs.items()}
     base = inputs.get("base")
     if params["init"] == "slice" and base is None:
         raise TransformError("init: slice needs a base checkpoint", where="inputs.base",
                              fix="add inputs.base (a safetensors file), or use init: random")
-    header = safetensors_header(shapes, params["dtype"])
     if params["init"] == "random":
-        with out.open() as f:
-            f.write(header)
-            for name, shape in shapes.items():
-                f.write(_tensor_bytes(random_tensor(name, shape, params.get("seed", 0)).to(dtype)))
-        return {"n_params": sum(map(_numel, shapes.values())), "init": "random"}
-    return _write_sliced(inputs, params, out, shapes, header)
+        _write(out, specs, lambda name, shape: random_tensor(name, shape, params.get("seed", 0)))
+        return {"n_params": n_params(shapes), "init": "random"}
+    return _write_sliced(inputs, params, out, specs, shapes)
 
 
-def _write_sliced(inputs, params, out, shapes, header) -> dict:
+def _write_sliced(inputs, params, out, specs, shapes) -> dict:
     from safetensors import safe_open
 
     try:
@@ -236,12 +217,9 @@ def _write_sliced(inputs, params, out, shapes, header) -> dict:
     if base_config is not None:
         _check_base_config(params, base_config, base_shapes)
     mapping = base_name_map(params, base_shapes)
-    dtype = DTYPES[params["dtype"]]
-    with safe_open(str(inputs["base"]), framework="pt") as handle, out.open() as f:
-        f.write(header)
-        for name, shape in shapes.items():
-            f.write(_tensor_bytes(sliced_tensor(handle, mapping[name], shape).to(dtype)))
-    return {"n_params": sum(map(_numel, shapes.values())), "init": "slice",
+    with safe_open(str(inputs["base"]), framework="pt") as handle:
+        _write(out, specs, lambda name, shape: sliced_tensor(handle, mapping[name], shape))
+    return {"n_params": n_params(shapes), "init": "slice",
             "renamed": {k: v for k, v in sorted(mapping.items()) if k != v}}
 
 
