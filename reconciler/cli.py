@@ -202,7 +202,9 @@ def check(obj, targets, deep, as_json, attest_file):
     else:
         for a in report.artifacts:
             colour = "green" if a.status == "ok" else "red"
-            click.echo(f"  {click.style(a.status.ljust(10), fg=colour)}  {a.path}  {a.detail}")
+            passed = [c["check"] for c in a.checks if c["ok"]]
+            extra = f"; checks passed: {', '.join(passed)}" if passed and a.status == "ok" else ""
+            click.echo(f"  {click.style(a.status.ljust(10), fg=colour)}  {a.path}  {a.detail}{extra}")
         bad = sum(a.status != "ok" for a in report.artifacts)
         tier = "deep" if deep else "fast"
         click.echo(f"Check ({tier}): {len(report.artifacts) - bad} ok, {bad} not ok; "
