@@ -303,6 +303,8 @@ def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: R
                 detail = _run_action(run, x, sha_of, jobs)
             except (ReconcileError, OSError) as exc:
                 err = exc if isinstance(exc, ReconcileError) else _os_failure(x.path, exc)
+                if err.where != x.path:  # always name the artifact; keep the source's own place too
+                    err.where = f"{x.path} ({err.where})" if err.where else x.path
                 result.failed[x.path] = err
                 reporter.failed(x, err)
                 stop.hit()
