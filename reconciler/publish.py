@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,55 @@ from .errors import IntegrityError, ResourceError
 from .hashing import sha256_file
 
 TMP_PREFIX = ".reconcile-tmp-"
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class _EarlySync:
+    """A helper thread that makes a growing file durable while more of it is still being written.
+
+    Why: on a disk with a volatile write cache (every VM disk, most SSDs) the final fsync's cost
+    grows with the bytes written since the last flush (~1.4 s per GB here), and nothing but a
+    flush overlaps it with the writing. `request()` asks for an `fdatasync` of everything written
+    so far; requests that arrive while one runs fold into the next, so at most one flush is in
+    flight and the writer never waits. The final fsync in `HashingWriter.close` still decides
+    durability; it is left with only the last window. The thread owns a dup of the descriptor, so
+    closing the file never leaves it syncing a recycled fd number. An error it meets (EIO,
+    ENOSPC at write-back) is kept and raised by `finish()`: the kernel reports a write-back
+    error to only one fsync of an open file, and it may be this thread's.
+    """
+
+    def __init__(self, fd: int):
+        self._fd = os.dup(fd)
+        self._wanted = threading.Event()
+        self._stopping = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="reconcile-early-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wanted.wait()
+                self._wanted.clear()
+                if self._stopping:
+                    return
+                _fdatasync(self._fd)
+        except OSError as e:
+            self.error = e
+        finally:
+            os.close(self._fd)
+
+    def request(self) -> None:
+        """Ask for a flush of what was written so far (returns at once)."""
+        self._wanted.set()
+
+    def finish(self) -> None:
+        """Stop the thread (after the flush in progress, if any); raise what it met."""
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class HashingWriter:
@@ -29,11 +79,16 @@ class HashingWriter:
     # Chunks at least this big are hashed on a helper thread while this one writes them: both
     # release the GIL, so a large write costs max(hash, write) instead of hash + write.
     PARALLEL_MIN = 1 << 20
+    # Every this many bytes, a helper thread flushes what was written so far (see _EarlySync), so
+    # the disk works while more bytes are produced and the fsync in close() only has the tail.
+    EARLY_SYNC_EVERY = 64 << 20
 
     def __init__(self, path: Path):
         self._f = open(path, "wb")
         self._h = hashlib.sha256()
         self._pool: ThreadPoolExecutor | None = None
+        self._sync: _EarlySync | None = None
+        self._synced_at = 0  # self.size at the last early-sync request
         self.size = 0
 
     def write(self, data) -> int:
@@ -51,21 +106,51 @@ class HashingWriter:
             self._h.update(mv)
             n = self._f.write(mv)
         self.size += n
+        if self.size - self._synced_at >= self.EARLY_SYNC_EVERY:
+            self._early_sync()
         return n
+
+    def _early_sync(self) -> None:
+        self._f.flush()  # the flush can only reach bytes the kernel has
+        if self._sync is None:
+            self._sync = _EarlySync(self._f.fileno())
+        self._sync.request()
+        self._synced_at = self.size
+
+    def flush(self) -> None:
+        """Hand buffered bytes to the kernel (so another descriptor can read them back)."""
+        self._f.flush()
 
     def hexdigest(self) -> str:
         """sha256 of everything written so far."""
         return self._h.hexdigest()
 
     def close(self) -> None:
-        """Flush, fsync and close."""
+        """Flush, fsync and close (an error of an early flush is raised here too)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            try:
+                self._stop_sync()
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            finally:
+                self._f.close()
+
+    def abort(self) -> None:
+        """Close without flushing or fsyncing (the file is about to be discarded)."""
+        try:
+            self._stop_sync()
+        except OSError:
+            pass
+        finally:
             self._f.close()
+
+    def _stop_sync(self) -> None:
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.finish()
 
     def __enter__(self) -> HashingWriter:
         return self
@@ -149,7 +234,7 @@ def staged(final: Path, *, where: str) -> Iterator[Output]:
 def _discard(out: Output) -> None:
     if out._writer is not None:
         try:
-            out._writer._f.close()
+            out._writer.abort()
         except OSError:
             pass
     try:

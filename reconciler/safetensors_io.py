@@ -122,11 +122,15 @@ class SafetensorsWriter:
 
     The header goes out on construction; `write(name, tensor)` must then be called for every
     tensor in `self.order` (layout order), and `close()` checks that none is missing. Each
-    write casts the tensor slice by slice to the declared dtype, so memory stays at one slice.
+    write casts the tensor slice by slice into one reused buffer, so memory stays at one slice.
+    `spans[name]` is the [start, end) stream offset range that tensor's bytes were written at,
+    counted from what the stream's `write` reported, so a caller can check the stored layout
+    against the header without re-reading the data. `digests=False` skips the per-tensor sha256
+    (`write` then returns "" for it): a stream that hashes every byte itself makes it redundant.
     """
 
     def __init__(self, f: BinaryIO, specs: Mapping[str, tuple[str, tuple[int, ...]]],
-                 metadata: Mapping[str, str] | None = METADATA):
+                 metadata: Mapping[str, str] | None = METADATA, *, digests: bool = True):
         for name, (dtype, shape) in specs.items():
             if dtype not in DTYPE_BITS:
                 raise KeyError(f"tensor {name}: unknown dtype {dtype!r}")
@@ -136,7 +140,18 @@ class SafetensorsWriter:
         self._specs = {n: (d, tuple(int(x) for x in s)) for n, (d, s) in specs.items()}
         self.order = layout_order(self._specs)
         self._next = 0
-        f.write(encode_header(self._specs, metadata))
+        self._digests = digests
+        self._buffers: dict = {}  # torch dtype -> reused cast buffer
+        self.spans: dict[str, tuple[int, int]] = {}
+        self.pos = self._put(encode_header(self._specs, metadata))
+
+    def _put(self, data) -> int:
+        n = self._f.write(data)
+        if n is None:  # a raw stream may write less: insist on every byte
+            n = len(data)
+        if n != memoryview(data).nbytes:
+            raise OSError(f"short write: {n} of {memoryview(data).nbytes} bytes")
+        return n
 
     def write(self, name: str, tensor) -> tuple[str, int]:
         """Cast and write the next tensor; returns (sha256 of its bytes, values that became non-finite).
@@ -150,14 +165,23 @@ class SafetensorsWriter:
         dtype, shape = self._specs[name]
         if tuple(tensor.shape) != shape:
             raise ValueError(f"tensor {name}: shape {tuple(tensor.shape)} differs from the header's {shape}")
-        digest, overflow = hashlib.sha256(), 0
-        for piece, n_new in _cast_slices(tensor, torch_dtype(dtype)):
+        target = torch_dtype(dtype)
+        buf = self._buffers.get(target)
+        if buf is None or buf.numel() != CHUNK_ELEMS:
+            buf = self._buffers[target] = _empty(CHUNK_ELEMS, target)
+        digest, overflow, start = hashlib.sha256() if self._digests else None, 0, self.pos
+        for piece, n_new in _cast_slices(tensor, target, buf):
             mv = memoryview(piece.view(_uint8()).numpy())
-            digest.update(mv)
-            self._f.write(mv)
+            if digest is not None:
+                digest.update(mv)
+            self.pos += self._put(mv)
             overflow += n_new
+        if self.pos - start != expected_nbytes(dtype, shape):
+            raise ValueError(f"tensor {name}: wrote {self.pos - start} bytes, its header says "
+                             f"{expected_nbytes(dtype, shape)}")
+        self.spans[name] = (start, self.pos)
         self._next += 1
-        return digest.hexdigest(), overflow
+        return (digest.hexdigest() if digest is not None else ""), overflow
 
     def close(self) -> None:
         """Check that every declared tensor was written (does not close the stream)."""
@@ -171,19 +195,35 @@ def _uint8():
     return torch.uint8
 
 
-def _cast_slices(tensor, target) -> Iterator[tuple[object, int]]:
-    """Yield (contiguous 1-D slice cast to `target`, finite values that became non-finite)."""
+def _empty(n: int, dtype):
+    import torch
+
+    return torch.empty(n, dtype=dtype)
+
+
+def _cast_slices(tensor, target, buf) -> Iterator[tuple[object, int]]:
+    """Yield (1-D slice cast to `target` in `buf`, finite values that became non-finite).
+
+    Each yielded slice is a view of `buf`, overwritten by the next: use it before asking for
+    the next one. Overflow is checked cheaply: a narrowing float cast can only turn finite
+    values into +-inf, so a slice whose min and max are finite (NaN fails the comparison) has
+    none; only a slice that holds a non-finite value pays for the exact count.
+    """
     import torch
 
     flat = tensor.reshape(-1)  # a view for contiguous tensors (mmap'd checkpoints are)
     lossy = target.is_floating_point and flat.dtype.is_floating_point and \
         torch.finfo(target).max < torch.finfo(flat.dtype).max
-    for i in range(0, flat.numel(), CHUNK_ELEMS):
-        src = flat[i:i + CHUNK_ELEMS]
-        piece = src.to(target).contiguous()
+    inf = float("inf")
+    for i in range(0, flat.numel(), buf.numel()):
+        src = flat[i:i + buf.numel()]
+        piece = buf[:src.numel()]
+        piece.copy_(src)
         n_new = 0
-        if lossy and not bool(torch.isfinite(piece).all()):
-            n_new = int((~torch.isfinite(piece)).sum()) - int((~torch.isfinite(src)).sum())
+        if lossy:
+            lo, hi = torch.aminmax(piece)
+            if not (-inf < lo.item() and hi.item() < inf):
+                n_new = int((~torch.isfinite(piece)).sum()) - int((~torch.isfinite(src)).sum())
         yield piece, n_new
 
 

@@ -4,7 +4,8 @@ Both stream tensor by tensor (the real Meta checkpoint is 27 GB float32 on a 24 
 sources are memory-mapped (`.bin`/`.pth`) or read one tensor at a time (`.safetensors`), each
 tensor is cast slice by slice into the output, and its pages are released before the next.
 Both validate the key set and every shape BEFORE writing a byte, and verify the written file
-tensor by tensor afterwards (see `_streaming.write_verified`). Output bytes depend only on
+tensor by tensor as they go: stored offsets against the header read back, sampled values against
+the source (see `_streaming.write_verified`). Output bytes depend only on
 the tensors and params: names are laid out as `safetensors.save_file` does, metadata is
 `{"format": "pt"}`, so two builds are byte-identical.
 """
