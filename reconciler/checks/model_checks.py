@@ -12,7 +12,7 @@ import yaml
 from ..checkpoint_layout import ffn_hidden_dim
 from ..errors import CheckFailed
 from ..models import ARCHES, HeaderError, WeightsSummary, block_count, load_strict, read_summary
-from ..models.mtp import meta_params_with_defaults
+from ..models.configs import meta_params_with_defaults
 from ..registry import check
 
 # A fixed code prompt: tokenised by the real tokenizer, so the ids exercise real vocabulary rows.

@@ -4,6 +4,10 @@ Why here: the `loads` and `config_consistent` checks and the micro-model and con
 transforms must agree on one answer to "which tensors, of which shapes, does this config
 imply", so every one of them asks `expected_shapes`: the model's own config validation, then
 the layout rules of `checkpoint_layout` (which the `tensors` check and the converters use too).
+
+Importing this package does not import torch: the header helpers and `expected_shapes` serve
+the lock validator and every plug-in at start-up, so the nn.Modules in `mtp` / `llama` are
+imported only by `build_model` / `load_strict`, the functions that build a model.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..checkpoint_layout import LayoutError, hf_llama_shapes, meta_shapes, n_params
 from ..errors import IntegrityError
 from ..safetensors_io import read_header
-from . import llama, mtp
+from .configs import META_LEGACY_KEYS, hf_config_with_defaults, meta_params_with_defaults
+from .configs import is_legacy_key as _hf_legacy_key
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the header helpers here must not pay for it
+    import torch
+    from torch import nn
 
 ARCHES = ("mtp", "llama")
 
@@ -86,9 +93,11 @@ def build_model(arch: str, config: Mapping) -> nn.Module:
     Raises ValueError on a config the model cannot represent.
     """
     if arch == "mtp":
-        return mtp.MTPTransformer(config)
+        from .mtp import MTPTransformer
+        return MTPTransformer(config)
     if arch == "llama":
-        return llama.LlamaForCausalLM(config)
+        from .llama import LlamaForCausalLM
+        return LlamaForCausalLM(config)
     raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHES)}")
 
 
@@ -102,9 +111,9 @@ def expected_shapes(arch: str, config: Mapping) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHES)}")
     try:
         if arch == "mtp":
-            shapes = meta_shapes(mtp.meta_params_with_defaults(config))
+            shapes = meta_shapes(meta_params_with_defaults(config))
         else:
-            shapes = hf_llama_shapes(llama.hf_config_with_defaults(config))
+            shapes = hf_llama_shapes(hf_config_with_defaults(config))
     except LayoutError as e:
         raise ValueError(e.message) from None
     return dict(sorted(shapes.items()))
@@ -112,7 +121,7 @@ def expected_shapes(arch: str, config: Mapping) -> dict[str, tuple[int, ...]]:
 
 def is_legacy_key(arch: str, name: str) -> bool:
     """True for a documented legacy buffer that loading ignores (`rope.freqs`, `rotary_emb.inv_freq`)."""
-    return name in mtp.LEGACY_KEYS if arch == "mtp" else llama.is_legacy_key(name)
+    return name in META_LEGACY_KEYS if arch == "mtp" else _hf_legacy_key(name)
 
 
 def key_problems(arch: str, expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> list[str]:
@@ -132,6 +141,7 @@ def load_strict(arch: str, config: Mapping, path: str | Path, device: str | torc
     (built on `meta`, then assigned), so memory is one copy of the weights.
     Raises ValueError listing every key problem.
     """
+    import torch
     from safetensors.torch import load_file
 
     found = {k: s for k, (_, s) in read_summary(path).tensors.items()}

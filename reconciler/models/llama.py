@@ -14,14 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configs import hf_config_with_defaults
 from .mtp import RMSNorm, causal_attention, rope_angles
-
-LEGACY_SUFFIXES = (".rotary_emb.inv_freq",)  # old HF buffers that current loaders ignore
-
-
-def is_legacy_key(name: str) -> bool:
-    """True for a state-dict key that HF loaders ignore (recomputed RoPE buffers)."""
-    return name.endswith(LEGACY_SUFFIXES)
 
 
 def apply_rope_half(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -114,26 +108,3 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             h = layer(h, angles)
         return self.lm_head(self.model.norm(h))
-
-
-def hf_config_with_defaults(config: Mapping) -> dict:
-    """An HF Llama config with transformers' defaults for absent keys (rope_theta 10000)."""
-    c = dict(config)
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if not isinstance(c.get(key), int) or c[key] <= 0:
-            raise ValueError(f"config.json: {key} must be a positive integer, got {c.get(key)!r}")
-    if c.get("num_key_value_heads") is None:
-        c["num_key_value_heads"] = c["num_attention_heads"]
-    if c.get("head_dim") is None:
-        c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
-    c["rope_theta"] = c.get("rope_theta") or 10000.0
-    c["rms_norm_eps"] = c.get("rms_norm_eps") or 1e-6
-    c["tie_word_embeddings"] = bool(c.get("tie_word_embeddings", False))
-    if c.get("rope_scaling"):
-        raise ValueError(f"config.json: rope_scaling {c['rope_scaling']!r} is not supported by this small model")
-    if c.get("attention_bias") or c.get("mlp_bias"):
-        raise ValueError("config.json: attention_bias / mlp_bias are not supported by this small model")
-    if c["num_attention_heads"] % c["num_key_value_heads"] or c["head_dim"] % 2:
-        raise ValueError(f"config.json: num_attention_heads {c['num_attention_heads']}, num_key_value_heads "
-                         f"{c['num_key_value_heads']} and head_dim {c['head_dim']} do not fit together")
-    return c

@@ -18,6 +18,7 @@ from torch import nn
 
 # The SwiGLU width rule and the legacy `rope.freqs` buffer are layout facts: checkpoint_layout owns them.
 from ..checkpoint_layout import LEGACY_META_KEYS, ffn_hidden_dim
+from .configs import meta_params_with_defaults
 
 LEGACY_KEYS = LEGACY_META_KEYS  # an old buffer some Meta checkpoints carry; the model recomputes it
 
@@ -147,28 +148,3 @@ class MTPTransformer(nn.Module):
         used = heads if return_all_heads else heads[:1]
         latents = torch.stack([head(trunk, angles) for head in used], dim=-2)
         return self.output(self.norm(latents))
-
-
-def meta_params_with_defaults(params: Mapping) -> dict:
-    """A Meta params.json mapping with Meta's ModelArgs defaults filled in (and checked)."""
-    p = dict(params)
-    for key in ("dim", "n_layers", "n_heads", "vocab_size"):
-        if not isinstance(p.get(key), int) or p[key] <= 0:
-            raise ValueError(f"params.json: {key} must be a positive integer, got {p.get(key)!r}")
-    p.setdefault("n_kv_heads", None)
-    if p["n_kv_heads"] is None:
-        p["n_kv_heads"] = p["n_heads"]
-    p.setdefault("multiple_of", 256)
-    p.setdefault("ffn_dim_multiplier", None)
-    p.setdefault("norm_eps", 1e-5)
-    p.setdefault("rope_theta", 10000.0)
-    p.setdefault("n_future_tokens", 1)
-    if p["dim"] % p["n_heads"] or p["n_heads"] % p["n_kv_heads"]:
-        raise ValueError(f"params.json: dim {p['dim']}, n_heads {p['n_heads']} and n_kv_heads "
-                         f"{p['n_kv_heads']} do not divide evenly")
-    if not 1 <= p["n_future_tokens"] <= p["n_layers"]:
-        raise ValueError(f"params.json: n_future_tokens {p['n_future_tokens']} must be in 1..n_layers")
-    if (p["dim"] // p["n_heads"]) % 2:
-        raise ValueError(f"params.json: head dim {p['dim'] // p['n_heads']} must be even for RoPE")
-    return p
-

@@ -16,7 +16,7 @@ from ..checkpoint_layout import ffn_hidden_dim
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes, sha256_file
 from ..models import HeaderError, WeightsSummary, read_summary
-from ..models.mtp import meta_params_with_defaults
+from ..models.configs import meta_params_with_defaults
 from ..registry import transform
 
 TORCH_DTYPES = ["bfloat16", "float16", "float32"]

@@ -1,0 +1,59 @@
+"""Start-up cost: loading the plug-ins, validating a lock and planning never import torch.
+
+torch costs seconds to import; every `reconcile` command loads every plug-in, so a plug-in that
+imports torch (or the model zoo's nn.Modules) at module level slows every command. Each case runs
+in a fresh interpreter: this test process itself has long imported torch.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.fixtures.engine import LOCK_HEAD, write_lock
+
+
+def _torch_imported_after(code: str, cwd=None) -> bool:
+    """Run `code` in a fresh interpreter; True when torch ended up in sys.modules."""
+    probe = textwrap.dedent(code) + "\nimport sys\nprint('TORCH', 'torch' in sys.modules)\n"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1] == "TORCH True"
+
+
+def test_load_plugins_does_not_import_torch():
+    assert not _torch_imported_after("""
+        from reconciler.registry import CHECKS, TRANSFORMS, load_plugins
+        load_plugins()
+        assert "micro_model" in TRANSFORMS and "loads" in CHECKS
+    """)
+
+
+def test_micro_model_size_bound_is_checked_without_torch(tmp_path):
+    """`predict_size` (a micro model's exact file size, checked against max_size) is pure arithmetic."""
+    spec = "{arch: mtp, dim: 64, n_layers: 2, n_heads: 4, vocab_size: 256, dtype: float16, init: random}"
+    lock = write_lock(tmp_path, LOCK_HEAD + "artifacts:\n"
+                      f"  m.safetensors: {{build: {{transform: micro_model, params: {spec}}}, max_size: 100}}\n")
+    assert not _torch_imported_after(f"""
+        from reconciler.errors import LockError
+        from reconciler.lockfile import load_lock
+        try:
+            load_lock({str(lock)!r})
+        except LockError as e:
+            assert "above max_size" in e.message, e.message
+        else:
+            raise AssertionError("max_size 100 was accepted")
+    """)
+
+
+def test_plan_and_check_commands_do_not_import_torch(tmp_path):
+    write_lock(tmp_path, LOCK_HEAD + "artifacts:\n  a.json: {build: {transform: write_json, params: {data: 1}}}\n")
+    for args in (["plan"], ["check"]):
+        assert not _torch_imported_after(f"""
+            from reconciler.cli import main
+            try:
+                main({args!r})
+            except SystemExit:
+                pass
+        """, cwd=tmp_path), args
