@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from .errors import LockError
+from .fastschema import compile_schema
 from .hashing import sha256_json
 from .registry import CHECKS, TRANSFORMS, load_plugins
 from .spec import Artifact, Build, CheckSpec, Fetch, Lock, Member, Source
@@ -32,7 +33,11 @@ def load_schema(name: str) -> dict:
     return json.loads((SCHEMA_DIR / name).read_text())
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser (CSafeLoader) reads a 10,000-artifact lock ~5x faster than the pure-Python one.
+_BaseSafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _StrictLoader(_BaseSafeLoader):
     """Safe loader (no object-constructing tags) that also refuses duplicate keys."""
 
 
@@ -73,7 +78,8 @@ def fmt_path(parts) -> str:
 def parse_yaml(text: str, name: str) -> Any:
     """Parse lock text safely; syntax errors and unsafe tags become a LockError with line/column."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        done, data = _plain_yaml(text)
+        return data if done else yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except LockError as e:
         e.where = name
         raise
@@ -88,10 +94,127 @@ def parse_yaml(text: str, name: str) -> Any:
         raise LockError(f"not valid YAML: {e}", where=name, fix="fix the YAML syntax") from None
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+# Plain scalars whose resolved tag the fast path builds itself (with SafeConstructor's own functions).
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null")}
+_KEY_WANTED = object()  # an open mapping waiting for its next key
+_NOTHING = object()  # no root node yet
+_IN_SEQUENCE = object()  # the pending-key slot of an open sequence
+
+
+def _plain_yaml(text: str) -> tuple[bool, Any]:
+    """Build the data of a *plain* YAML document straight from libyaml's events: `(True, data)`.
+
+    Why: composing a node graph and constructing it through SafeConstructor costs ~4x the parse
+    itself on a 10,000-artifact lock. Plain means one document of mappings, sequences and
+    untagged scalars resolving to str / int / float / bool / null, with no anchors, aliases,
+    merge keys, complex keys or duplicate keys. Anything else returns `(False, None)` and the
+    text goes to the full strict loader, which builds it or refuses it with its line and column;
+    so on plain documents both give equal data, and every refusal keeps its message.
+    """
+    if _BaseSafeLoader is yaml.SafeLoader:
+        return False, None  # no libyaml: the pure-Python events would save nothing
+    loader = _StrictLoader(text)
+    try:
+        return _build_plain(loader)
+    except yaml.YAMLError:
+        return False, None  # the full loader reports it
+    finally:
+        loader.dispose()
+
+
+def _build_plain(loader) -> tuple[bool, Any]:
+    """The event loop of `_plain_yaml`: a stack of open containers, each mapping with its pending key."""
+    ev = yaml.events
+    scalar_ev, map_ev, seq_ev = ev.ScalarEvent, ev.MappingStartEvent, ev.SequenceStartEvent  # locals: hot loop
+    ends = (ev.MappingEndEvent, ev.SequenceEndEvent)
+    resolve_first = set(loader.yaml_implicit_resolvers)  # first characters that may resolve to a non-str
+    any_first = None in resolve_first
+    stack: list[list] = []  # [container, its pending key | _KEY_WANTED | _IN_SEQUENCE]
+    root, done, get = _NOTHING, False, loader.get_event
+    while True:
+        e = get()
+        kind = type(e)
+        if kind is scalar_ev:
+            if e.anchor is not None or e.tag is not None:
+                return False, None
+            item = e.value
+            if e.implicit[0] and (any_first or item[:1] in resolve_first):
+                tag = loader.resolve(yaml.ScalarNode, item, e.implicit)
+                if tag != _STR_TAG:
+                    if tag not in _PLAIN_TAGS:
+                        return False, None  # merge key `<<`, timestamps, `=`: the full loader decides
+                    item = loader.yaml_constructors[tag](loader, yaml.ScalarNode(tag, item))
+        elif kind is map_ev or kind is seq_ev:
+            if e.anchor is not None or e.tag is not None or (stack and stack[-1][1] is _KEY_WANTED):
+                return False, None  # tagged, anchored, or a container used as a mapping key
+            item = {} if kind is map_ev else []
+        elif kind in ends:
+            stack.pop()
+            continue
+        else:
+            end = _stream_event(e, done, root)
+            if end is None:
+                done = done or type(e) is ev.DocumentEndEvent
+                continue
+            return end
+        if not stack:
+            root = item
+        else:
+            top = stack[-1]
+            if top[1] is _IN_SEQUENCE:
+                top[0].append(item)
+            elif top[1] is _KEY_WANTED:
+                if item in top[0]:
+                    return False, None  # a duplicate key: the full loader names its line and column
+                top[1] = item
+            else:
+                top[0][top[1]] = item
+                top[1] = _KEY_WANTED
+        if kind is not scalar_ev:
+            stack.append([item, _KEY_WANTED if kind is map_ev else _IN_SEQUENCE])
+
+
+def _stream_event(e, done: bool, root: Any) -> tuple[bool, Any] | None:
+    """The outcome of a stream / document event: None to read on, else `_build_plain`'s result."""
+    ev = yaml.events
+    if type(e) is ev.StreamEndEvent:
+        if root is _NOTHING:
+            return True, None  # an empty stream: yaml.load gives None
+        return (True, root) if done else (False, None)
+    if type(e) in (ev.StreamStartEvent, ev.DocumentEndEvent) or type(e) is ev.DocumentStartEvent and not done:
+        return None
+    return False, None  # an alias, or a second document (the full loader refuses it)
+
+
+_VALIDATORS: dict[int, tuple[dict, Any, jsonschema.Draft202012Validator]] = {}
+
+
+def _validators(schema: dict) -> tuple[Any, jsonschema.Draft202012Validator]:
+    """(compiled yes/no test or None, jsonschema validator) of a schema, built once per schema.
+
+    Why: building a validator per artifact cost more than validating it, and jsonschema's
+    generic walk cost seconds on a 10,000-artifact lock; the compiled test answers the common
+    "valid" alone, and jsonschema is asked only for the error of an invalid instance.
+    """
+    hit = _VALIDATORS.get(id(schema))
+    if hit is None or hit[0] is not schema:  # the schema is kept in the entry, so its id stays its own
+        hit = (schema, compile_schema(schema), jsonschema.Draft202012Validator(schema))
+        _VALIDATORS[id(schema)] = hit
+    return hit[1], hit[2]
+
+
+def _schema_errors(schema: dict, instance: Any) -> list:
+    """jsonschema's errors for an instance; none without asking it when the compiled test passes."""
+    fast, validator = _validators(schema)
+    if fast is not None and fast(instance):
+        return []
+    return list(validator.iter_errors(instance))
+
+
 def validate_schema(data: Any) -> None:
     """Validate against the lock JSON Schema; report the deepest, most specific error."""
-    validator = jsonschema.Draft202012Validator(load_schema("storage.lock.schema.json"))
-    errors = list(validator.iter_errors(data))
+    errors = _schema_errors(load_schema("storage.lock.schema.json"), data)
     if not errors:
         return
     err = jsonschema.exceptions.best_match(errors)
@@ -113,7 +236,6 @@ def _schema_message(err) -> str:
 
 def check_artifact_path(path: str) -> None:
     """Refuse artifact keys that are absolute, unnormalised, escape the root or hit state."""
-    where = fmt_path(["artifacts", path])
     bad = None
     if not path or path.startswith("/") or "\\" in path or ":" in path.split("/")[0]:
         bad = "must be a relative POSIX path"
@@ -124,7 +246,8 @@ def check_artifact_path(path: str) -> None:
     elif path.split("/")[0] == STATE_DIR:
         bad = f"`{STATE_DIR}/` is reserved for reconcile's own state"
     if bad:
-        raise LockError(f"artifact path {bad}", where=where, fix="use a path relative to the storage root")
+        raise LockError(f"artifact path {bad}", where=fmt_path(["artifacts", path]),
+                        fix="use a path relative to the storage root")
 
 
 def check_root_containment(lock: Lock, root: Path) -> None:
@@ -155,7 +278,7 @@ def _to_checks(raw: list, where: list) -> tuple[CheckSpec, ...]:
 
 
 def _validate_params(schema: dict, params: Any, where: list) -> None:
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(params))
+    errors = _schema_errors(schema, params)
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         raise LockError(_schema_message(err), where=fmt_path(where + list(err.absolute_path)),
