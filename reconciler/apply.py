@@ -276,7 +276,15 @@ def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: R
           wait: float = 0.0) -> ApplyResult:
     """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order)."""
     cache = cache or StatCache(root)
-    reporter = reporter or Reporter()
+    try:
+        return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait)
+    finally:
+        cache.flush()  # hashes of what was published, however the run ended
+
+
+def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_plan: Plan | None,
+           keep_going: bool, jobs: int, wait: float) -> ApplyResult:
+    """`apply` itself, under the root lock; the caller flushes the stat cache however it ends."""
     check_root_containment(lock, root)
     with RootLock(root, wait):
         plan = plan_for(lock, root, cache)

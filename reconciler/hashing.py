@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 8 * 1024 * 1024  # large reads: hashlib releases the GIL, so threads hash in parallel
+MIN_CHUNK = 64 * 1024  # the smallest buffer: a file that grows while read still goes in few reads
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     """Hex sha256 of a file's bytes, read in large chunks (readinto, no per-chunk allocation)."""
     h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        # A buffer no larger than the file: zero-filling 8 MiB per file cost more than hashing a small one.
+        size = os.fstat(f.fileno()).st_size
+        buf = bytearray(min(chunk, max(MIN_CHUNK, size)))
+        view = memoryview(buf)
         while True:
             n = f.readinto(buf)
             if not n:

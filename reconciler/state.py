@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,13 +25,27 @@ from .spec import Artifact, Lock, Observed
 
 
 class StatCache:
-    """sqlite map (dev, ino, size, mtime_ns, ctime_ns) -> sha256, safe across processes."""
+    """sqlite map (dev, ino, size, mtime_ns, ctime_ns) -> sha256, safe across processes.
+
+    Writes are batched: a hash or check result is kept in memory (and served from there to this
+    process) until `flush()`, which writes them all in one transaction. One transaction per file
+    was ~0.7 ms each (a journal sync), more than hashing a small file. `observe`, `verify.check`
+    and `apply` flush when they finish; a batch also goes out once it holds FLUSH_ROWS rows or is
+    FLUSH_SECONDS old, so a killed run loses little. A lost row only costs a rehash: an entry
+    vouches for a file only while its stat key (inode, size, mtime, ctime) still matches.
+    """
+
+    FLUSH_ROWS = 1000
+    FLUSH_SECONDS = 2.0
 
     def __init__(self, root: Path):
         self.path = root / STATE_DIR / "cache.sqlite"
         self._local = threading.local()
         self.hashed: list[str] = []  # paths hashed (not served from the cache) by this process
         self._lock = threading.Lock()
+        self._stat_rows: dict[str, tuple[str, str]] = {}  # rel -> (stat key, sha256), not yet written
+        self._check_rows: dict[str, str] = {}  # check key -> detail, not yet written
+        self._since = 0.0  # monotonic time of the oldest unwritten row
 
     def _db(self) -> sqlite3.Connection | None:
         db = getattr(self._local, "db", None)
@@ -54,12 +69,8 @@ class StatCache:
         """sha256 of a file: from the cache when its stat key matches (unless deep), else hashed."""
         st = full.stat()
         key = self._key(st)
-        db = self._db()
-        if db is not None and not deep:
-            try:
-                row = db.execute("SELECT key, sha256 FROM stat WHERE path=?", (rel,)).fetchone()
-            except sqlite3.Error:
-                row = None
+        if not deep:
+            row = self._cached(rel)
             if row and row[0] == key:
                 return row[1]
         sha = sha256_file(full)
@@ -69,18 +80,21 @@ class StatCache:
             self.remember(rel, key, sha)
         return sha
 
-    def remember(self, rel: str, key: str, sha: str) -> None:
-        """Record a hash the caller knows (e.g. computed while publishing)."""
-        self._write("INSERT OR REPLACE INTO stat VALUES (?,?,?)", (rel, key, sha))
-
-    def _write(self, sql: str, args: tuple) -> None:
-        # The cache only saves work: a full disk or a busy database must never fail an apply.
+    def _cached(self, rel: str) -> tuple[str, str] | None:
+        """(stat key, sha256) last recorded for a path: this process's unwritten rows first."""
+        with self._lock:
+            row = self._stat_rows.get(rel)
+        if row is not None:
+            return row
+        db = self._db()
         try:
-            db = self._db()
-            if db is not None:
-                db.execute(sql, args)
+            return db.execute("SELECT key, sha256 FROM stat WHERE path=?", (rel,)).fetchone() if db else None
         except sqlite3.Error:
-            pass
+            return None
+
+    def remember(self, rel: str, key: str, sha: str) -> None:
+        """Record a hash the caller knows (e.g. computed while publishing); written by the next flush."""
+        self._add(self._stat_rows, rel, (key, sha))
 
     def remember_file(self, rel: str, full: Path, sha: str) -> None:
         """Record the sha256 of a file just published (stat taken now, after the rename)."""
@@ -88,6 +102,10 @@ class StatCache:
 
     def check_result(self, key: str) -> str | None:
         """A cached successful check result (its detail), or None."""
+        with self._lock:
+            detail = self._check_rows.get(key)
+        if detail is not None:
+            return detail
         db = self._db()
         try:
             row = db.execute("SELECT detail FROM checks WHERE key=?", (key,)).fetchone() if db else None
@@ -97,7 +115,42 @@ class StatCache:
 
     def remember_check(self, key: str, detail: str) -> None:
         """Cache a successful check result keyed by check, params and input hashes."""
-        self._write("INSERT OR REPLACE INTO checks VALUES (?,?)", (key, detail))
+        self._add(self._check_rows, key, detail)
+
+    def _add(self, rows: dict, key: str, value) -> None:
+        """Queue one row; flush when the batch is full or old."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._stat_rows and not self._check_rows:
+                self._since = now
+            rows[key] = value
+            due = (len(self._stat_rows) + len(self._check_rows) >= self.FLUSH_ROWS
+                   or now - self._since >= self.FLUSH_SECONDS)
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every unwritten row in one transaction. Never raises: the cache only saves work,
+        so a full disk or a busy database must never fail a check or an apply (the rows are dropped)."""
+        with self._lock:
+            stat_rows, self._stat_rows = self._stat_rows, {}
+            check_rows, self._check_rows = self._check_rows, {}
+        if not stat_rows and not check_rows:
+            return
+        db = self._db()
+        if db is None:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no deadlock upgrading a read lock
+            db.executemany("INSERT OR REPLACE INTO stat VALUES (?,?,?)",
+                           [(rel, key, sha) for rel, (key, sha) in stat_rows.items()])
+            db.executemany("INSERT OR REPLACE INTO checks VALUES (?,?)", list(check_rows.items()))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
 
 def provenance_path(root: Path, rel: str) -> Path:
@@ -146,8 +199,11 @@ def observe(lock: Lock, root: Path, cache: StatCache, *, deep: bool = False,
     """Observe artifacts (all, or `paths`), hashing on every core; the cache spares unchanged files."""
     wanted = [lock.artifacts[p] for p in (paths if paths is not None else lock.artifacts)]
     workers = max(1, min(len(wanted), os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: one file per core
-        found = list(pool.map(lambda a: _observe_one(a, root, cache, deep), wanted))
+    try:
+        with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: one file per core
+            found = list(pool.map(lambda a: _observe_one(a, root, cache, deep), wanted))
+    finally:
+        cache.flush()  # the hashes just computed, in one transaction
     return {o.path: o for o in found}
 
 

@@ -153,6 +153,15 @@ def check(lock: Lock, root: Path, targets: list[str] | None = None, *, deep: boo
     cache = cache or StatCache(root)
     check_root_containment(lock, root)
     paths = select(lock, targets or [])
+    try:
+        out = _verdicts(lock, root, paths, cache, deep)
+    finally:
+        cache.flush()  # check results (and hashes) remembered on the way, in one transaction
+    return CheckReport(out, deep, len(set(cache.hashed)))
+
+
+def _verdicts(lock: Lock, root: Path, paths: list[str], cache: StatCache, deep: bool) -> list[ArtifactStatus]:
+    """Bytes verdict, then declared checks, of each path."""
     observed = observe(lock, root, cache, deep=deep, paths=paths)
     out = []
     for p in paths:
@@ -166,4 +175,4 @@ def check(lock: Lock, root: Path, targets: list[str] | None = None, *, deep: boo
                 st.status = "failed"
                 st.detail = "; ".join(f"check {c['check']}: {c['detail']}" for c in failed)
         out.append(st)
-    return CheckReport(out, deep, len(set(cache.hashed)))
+    return out
