@@ -41,6 +41,7 @@ def vm_hwm() -> int:
 def child_convert(ckpt: str, params: str, out: str) -> dict:
     """The streaming conversion through the engine's publish path; returns timing and RSS."""
     import torch  # noqa: F401 - the engine imports torch lazily; keep its import out of the timed span
+
     from reconciler.publish import commit, staged
     from reconciler.transforms.models import torch_to_safetensors
     imported = vm_hwm()
