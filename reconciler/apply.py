@@ -13,6 +13,7 @@ import os
 import platform
 import posixpath
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -44,6 +45,10 @@ class Reporter:
 
     def failed(self, action: Action, err: ReconcileError) -> None:
         """An action failed; nothing was published for it."""
+
+    def build_progress(self, action: Action) -> Callable[[int], None] | None:
+        """A callback told the bytes a build writes, or None for no progress display."""
+        return None
 
     def download_total(self, nbytes: int) -> None:
         """Bytes that the fetches of this run will download, when known."""
@@ -223,14 +228,14 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> str:
     return f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}"
 
 
-def _build(run: _Run, a: Artifact, planned: dict[str, str]) -> str:
+def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> str:
     t = TRANSFORMS[a.build.transform]
     recipe = build_recipe(a, planned)
     inputs = {name: ([run.root / p for p in v] if isinstance(v, list) else run.root / v)
               for name, v in a.build.inputs.items()}
     final = run.root / a.path
     started = time.monotonic()
-    with staged(final, where=a.path) as out:
+    with staged(final, where=a.path, progress=run.reporter.build_progress(x)) as out:
         try:
             info = t.fn(inputs, json.loads(json.dumps(a.build.params)), out)
         except (ReconcileError, OSError, KeyboardInterrupt):
@@ -267,7 +272,7 @@ def refuse_stale(saved: Plan, current: Plan) -> None:
 def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> str:
     a = run.lock.artifacts[x.path]
     if a.fetch is None:
-        return _build(run, a, sha_of)
+        return _build(run, a, x, sha_of)
     return _fetch_dir(run, a, jobs) if a.is_dir else _fetch_file(run, a)
 
 

@@ -120,10 +120,25 @@ class CliReporter:
         click.echo(f"{action.action:>7}  {action.path}  ({action.reason})")
 
     def done(self, action, detail):
+        self._close_build_bar()
         click.echo(f"   done  {action.path}  {detail}")
 
     def failed(self, action, err):
+        self._close_build_bar()
         click.secho(f" FAILED  {action.path}  {err.message}", fg="red")
+
+    def build_progress(self, action):
+        """On a TTY, a bar of the bytes a build writes (total unknown: bytes and rate)."""
+        if not self.tty:
+            return None
+        from tqdm import tqdm
+        self._build_bar = tqdm(unit="B", unit_scale=True, desc=action.path.rsplit("/", 1)[-1], leave=False)
+        return self._build_bar.update
+
+    def _close_build_bar(self):
+        if getattr(self, "_build_bar", None) is not None:
+            self._build_bar.close()
+            self._build_bar = None
 
     def download_total(self, nbytes):
         if self.tty and nbytes:

@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,7 +83,8 @@ class HashingWriter:
     # the disk works while more bytes are produced and the fsync in close() only has the tail.
     EARLY_SYNC_EVERY = 64 << 20
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, progress: Callable[[int], None] | None = None):
+        self._progress = progress  # told the bytes of each write (a progress bar on a TTY)
         self._f = open(path, "wb")
         self._h = hashlib.sha256()
         self._pool: ThreadPoolExecutor | None = None
@@ -106,6 +107,8 @@ class HashingWriter:
             self._h.update(mv)
             n = self._f.write(mv)
         self.size += n
+        if self._progress is not None:
+            self._progress(n)
         if self.size - self._synced_at >= self.EARLY_SYNC_EVERY:
             self._early_sync()
         return n
@@ -166,15 +169,16 @@ class Output:
     writers use `with out.open() as f`, which spares the publish step a re-read.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, progress: Callable[[int], None] | None = None):
         self.path = path
+        self.progress = progress
         self._writer: HashingWriter | None = None
         self._opens = 0
 
     def open(self) -> HashingWriter:
         """Open the staging file for sequential writing, hashing as it goes."""
         self._opens += 1
-        self._writer = HashingWriter(self.path)
+        self._writer = HashingWriter(self.path, self.progress)
         return self._writer
 
     def digest(self) -> tuple[int, str]:
@@ -208,13 +212,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def staged(final: Path, *, where: str) -> Iterator[Output]:
+def staged(final: Path, *, where: str, progress: Callable[[int], None] | None = None) -> Iterator[Output]:
     """Yield an Output in the final folder; remove the temp file on any failure.
 
-    Disk-full errors become a ResourceError naming `where`.
+    Disk-full errors become a ResourceError naming `where`. `progress`, if given, is told the
+    bytes of every sequential write.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    out = Output(temp_path_for(final))
+    out = Output(temp_path_for(final), progress)
     try:
         yield out
     except OSError as e:
