@@ -171,7 +171,7 @@ def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | 
     return rec
 
 
-def _fetch_file(run: _Run, a: Artifact) -> str:
+def _fetch_file(run: _Run, a: Artifact) -> tuple[str, str]:
     from .sources import hf
     src, ref = run.source_at_commit(a.fetch.source)
     final = run.root / a.path
@@ -185,10 +185,10 @@ def _fetch_file(run: _Run, a: Artifact) -> str:
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "path": a.fetch.path}}
     rec = _provenance(recipe, size, sha, started, {"etag_sha256": remote.sha256}, final)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision})
-    return f"{size:,} bytes from {src.repo}@{src.revision[:12]}"
+    return sha, f"{size:,} bytes from {src.repo}@{src.revision[:12]}"
 
 
-def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> str:
+def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> tuple[str, str]:
     from .sources import hf
     src, ref = run.source_at_commit(a.fetch.source)
     base = posixpath.dirname(a.fetch.glob)
@@ -225,10 +225,10 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> str:
     rec = _provenance(recipe, size, sha, started, None, folder)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members,
                                               "member_sizes": {n: (folder / n).stat().st_size for n in members}})
-    return f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}"
+    return sha, f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}"
 
 
-def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> str:
+def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> tuple[str, str]:
     t = TRANSFORMS[a.build.transform]
     recipe = build_recipe(a, planned)
     inputs = {name: ([run.root / p for p in v] if isinstance(v, list) else run.root / v)
@@ -248,12 +248,7 @@ def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> str:
                                         "run apply, then `reconcile lock` to pin the new bytes")
     run.cache.remember_file(a.path, final, sha)
     write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final))
-    return f"{size:,} bytes via {t.name} v{t.version}"
-
-
-def _observed_sha(run: _Run, path: str) -> str:
-    """sha256 of an artifact just produced or verified in this run (cache makes it cheap)."""
-    return observe(run.lock, run.root, run.cache, paths=[path])[path].sha256
+    return sha, f"{size:,} bytes via {t.name} v{t.version}"
 
 
 def refuse_stale(saved: Plan, current: Plan) -> None:
@@ -269,7 +264,8 @@ def refuse_stale(saved: Plan, current: Plan) -> None:
                         fix="run `reconcile plan --out FILE` again and review the new plan")
 
 
-def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> str:
+def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> tuple[str, str]:
+    """Produce one artifact; returns (its published sha256, a line for the user)."""
     a = run.lock.artifacts[x.path]
     if a.fetch is None:
         return _build(run, a, x, sha_of)
@@ -313,7 +309,7 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 return
             reporter.step(x)
             try:
-                detail = _run_action(run, x, sha_of, jobs)
+                sha, detail = _run_action(run, x, sha_of, jobs)
             except (ReconcileError, OSError) as exc:
                 err = exc if isinstance(exc, ReconcileError) else _os_failure(x.path, exc)
                 if err.where != x.path:  # always name the artifact; keep the source's own place too
@@ -322,7 +318,7 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 reporter.failed(x, err)
                 stop.hit()
                 return
-            sha_of[x.path] = _observed_sha(run, x.path)
+            sha_of[x.path] = sha  # what was just verified and published: no need to look again
             result.done.append(x.path)
             reporter.done(x, detail)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 CHUNK = 8 * 1024 * 1024  # large reads: hashlib releases the GIL, so threads hash in parallel
@@ -55,7 +54,3 @@ def tree_sha256(members: dict[str, str]) -> str:
     text = "".join(f"{members[p]}  {p}\n" for p in sorted(members))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-
-def file_exists(path: Path) -> bool:
-    """True for an existing regular file (not following a final symlink out of checks)."""
-    return path.is_file()

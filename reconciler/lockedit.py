@@ -15,7 +15,6 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from .errors import LockError
 from .lockfile import lock_from_data, parse_yaml
 from .plan import make_plan
 from .publish import write_bytes_atomic
@@ -159,15 +158,3 @@ def canonical_problems(lock_path: Path) -> list[str]:
         if a != b:
             return [f"line {i}: {a.strip()!r} would be written {b.strip()!r}"]
     return ["line count differs from the canonical form"]
-
-
-def format_lock(lock_path: Path) -> bool:
-    """Rewrite the lock in canonical form; True if it changed."""
-    if not canonical_problems(lock_path):
-        return False
-    _write(lock_path, load_roundtrip(lock_path))
-    return True
-
-
-__all__ = ["OpenPin", "open_pins", "pin_from_state", "resolve_from_hub", "canonical_problems", "format_lock",
-           "LockError"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import LockError
@@ -46,7 +46,6 @@ class Plan:
     actions: tuple[Action, ...]
     untracked: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def pending(self) -> list[Action]:
         """Actions that change something (everything but ok)."""
