@@ -12,11 +12,11 @@ BIN        := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; an existing torch is kept.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./testing
 	touch $@
 
 demo: install

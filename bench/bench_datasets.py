@@ -31,8 +31,7 @@ def _tokenizer(workdir: Path) -> Path:
     if REAL_TOKENIZER.is_file():
         return REAL_TOKENIZER
     import sentencepiece as spm
-
-    from reconciler.testing.datasets import make_codecontests_parquet
+    from reconcile_testing.datasets import make_codecontests_parquet
     sample = make_codecontests_parquet(workdir / "corpus.parquet", 40, 20, seed=99)
     import pyarrow.parquet as pq
     t = pq.read_table(sample, columns=["description", "solutions"]).to_pylist()
@@ -110,7 +109,7 @@ def sentencepiece_alone(data: Path, tokenizer: Path) -> dict:
 def measure(n_problems: int = 1000, solutions_per_problem: int = 300, workdir: Path | None = None,
             repeats: int = 3) -> dict:
     """Generate inputs, run the benchmark and return its figures as a flat dict."""
-    from reconciler.testing.datasets import make_codecontests_parquet
+    from reconcile_testing.datasets import make_codecontests_parquet
 
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Download: `hf.fetch_file` (+ publish) from the local stand-in hub vs `curl` of the same URL.
 
-The hub runs in its own process (`python -m reconciler.hub`), so server and client do not
+The hub runs in its own process (`python -m reconcile_testing.hub`), so server and client do not
 share a GIL. Our side is what apply does for a fetch: `staged` -> `fetch_file` (hash while
 writing, partial file kept for resume) -> `commit` (fsync, rename, fsync the folder). Two
 baselines, in the same run: `curl -s -o FILE URL` (no fsync: its bytes may still sit in the
@@ -24,7 +24,7 @@ REPO_ID = "bench/big-file"
 
 
 class HubProcess:
-    """`python -m reconciler.hub --store DIR --port-file F` in a child process."""
+    """`python -m reconcile_testing.hub --store DIR --port-file F` in a child process."""
 
     def __init__(self, store: Path, port_file: Path):
         self.store, self.port_file = store, port_file
@@ -33,7 +33,7 @@ class HubProcess:
 
     def __enter__(self) -> HubProcess:
         self.port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen([python(), "-m", "reconciler.hub", "--store", str(self.store),
+        self.proc = subprocess.Popen([python(), "-m", "reconcile_testing.hub", "--store", str(self.store),
                                       "--port-file", str(self.port_file)], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not self.port_file.exists():
@@ -73,7 +73,7 @@ def _timed_clean(fn, dest: Path) -> float:
 
 def make_store(work: Path, size: int) -> tuple[Path, str]:
     """A hub store holding one LFS file of `size` random bytes; returns (store, commit)."""
-    from reconciler.hub import add_revision
+    from reconcile_testing.hub import add_revision
     blob = write_random_file(work / "blob.bin", size, seed=42)
     store = work / "store"
     commit = add_revision(store, REPO_ID, "model", {"big.bin": blob})

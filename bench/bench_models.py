@@ -86,7 +86,7 @@ def _spawn(mode: str, ck: dict, out: Path, cgroup: Path | None = None) -> tuple[
 # -- parent side -----------------------------------------------------------------------------------
 def make_checkpoint(work: Path, quick: bool) -> dict:
     """A float32 Meta-layout checkpoint: >= 3 GB (largest tensor 262 MB), or ~300 MB for --quick."""
-    from reconciler.testing.checkpoints import make_large_meta_checkpoint
+    from reconcile_testing.checkpoints import make_large_meta_checkpoint
     if quick:
         return make_large_meta_checkpoint(work / "ckpt", 300e6, dim=1024, vocab_size=8000)
     return make_large_meta_checkpoint(work / "ckpt", 3e9)

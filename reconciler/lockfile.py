@@ -2,7 +2,7 @@
 
 Validation happens in layers, each reporting the first problem at a precise field path
 (`artifacts."a/b.json".build.inputs.src: no such artifact`): YAML syntax (line, column),
-the JSON Schema in `schemas/storage.lock.schema.json`, then semantics the schema cannot
+the JSON Schema in `reconciler/schemas/storage.lock.schema.json`, then semantics the schema cannot
 express (path safety, references, registered transforms and checks, cycles, size bounds).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import posixpath
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,13 @@ from .hashing import sha256_json
 from .registry import CHECKS, TRANSFORMS, load_plugins
 from .spec import Artifact, Build, CheckSpec, Fetch, Lock, Member, Source
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 STATE_DIR = ".reconcile"
 
 
 @cache
 def load_schema(name: str) -> dict:
-    """A JSON Schema shipped in the project's `schemas/` folder."""
-    return json.loads((SCHEMA_DIR / name).read_text())
+    """A JSON Schema shipped inside the package (`reconciler/schemas/`, read as package data)."""
+    return json.loads(resources.files("reconciler.schemas").joinpath(name).read_text(encoding="utf-8"))
 
 
 # libyaml's parser (CSafeLoader) reads a 10,000-artifact lock ~5x faster than the pure-Python one.
@@ -221,7 +221,7 @@ def validate_schema(data: Any) -> None:
     while err.context:  # descend into oneOf branches for a precise message
         err = jsonschema.exceptions.best_match(err.context)
     raise LockError(_schema_message(err), where=fmt_path(err.absolute_path),
-                    fix="see the lock format in README.md (schemas/storage.lock.schema.json)")
+                    fix="see the lock format in README.md (reconciler/schemas/storage.lock.schema.json)")
 
 
 def _schema_message(err) -> str:

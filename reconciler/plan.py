@@ -73,7 +73,7 @@ class Plan:
         return text
 
     def to_json(self) -> dict:
-        """The plan's JSON form (schemas/plan.schema.json)."""
+        """The plan's JSON form (reconciler/schemas/plan.schema.json)."""
         return {"format_version": self.format_version, "lock_digest": self.lock_digest,
                 "state_digest": self.state_digest, "summary": self.counts(),
                 "actions": [asdict(a) | {"inputs": list(a.inputs)} for a in self.actions],

@@ -7,9 +7,9 @@ import random
 
 import pytest
 import yaml
+from reconcile_testing.hub import add_revision
 
 from reconciler.apply import Reporter, apply
-from reconciler.hub import add_revision
 from reconciler.lockfile import lock_from_data
 from reconciler.verify import check
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reconcile_testing.checkpoints import make_meta_checkpoint
 from safetensors.torch import load_file, save_file
 
 from reconciler.checkpoint_layout import hf_llama_shapes, meta_shapes, n_params
@@ -20,7 +21,6 @@ from reconciler.checks.tensors import tensors as tensors_check
 from reconciler.errors import CheckFailed, TransformError
 from reconciler.registry import TRANSFORMS, CheckContext
 from reconciler.safetensors_io import content_digest, describe_change, read_header
-from reconciler.testing.checkpoints import make_meta_checkpoint
 from reconciler.transforms._streaming import FilePages
 from reconciler.transforms.models import merge_shards, torch_to_safetensors
 from tests.conftest import UPSTREAM

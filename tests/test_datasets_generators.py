@@ -1,4 +1,4 @@
-"""The miniature upstream generators (reconciler.testing.datasets) and the real MBPP rows."""
+"""The miniature upstream generators (reconcile_testing.datasets) and the real MBPP rows."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from reconciler.registry import CHECKS, load_plugins
-from reconciler.testing.datasets import (
+from reconcile_testing.datasets import (
     CODECONTESTS_SCHEMA,
     load_mbpp_json,
     make_codecontests_parquet,
     make_humaneval_parquet,
     make_mbpp_parquet,
 )
+
+from reconciler.registry import CHECKS, load_plugins
 from reconciler.transforms.datasets import to_alpaca
 from tests.conftest import UPSTREAM
 from tests.fixtures.datasets import build, context

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from reconcile_testing.datasets import MBPP_SCHEMA, make_mbpp_parquet, write_codecontests_rows
 
 from reconciler.errors import TransformError
 from reconciler.hashing import pretty_json_bytes
-from reconciler.testing.datasets import MBPP_SCHEMA, make_mbpp_parquet, write_codecontests_rows
 from reconciler.transforms.alpaca_convert import examples_block
 from reconciler.transforms.datasets import alpaca_schema, schema_path, to_alpaca
 from tests.fixtures.datasets import build

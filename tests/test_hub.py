@@ -16,9 +16,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import get_session
+from reconcile_testing.hub import add_revision
+from reconcile_testing.hub.repo import git_blob_sha1
 
-from reconciler.hub import add_revision
-from reconciler.hub.repo import git_blob_sha1
 from tests.fixtures.hub import (
     DATASET,
     DATASET_FILES,
@@ -165,7 +165,7 @@ def test_fault_stall_times_out_a_reader_then_is_spent(clean_hub):
 
 def test_main_serves_a_store_in_the_foreground(clean_hub, tmp_path):
     port_file = tmp_path / "hub.url"
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler.hub", "--store", str(clean_hub.store.root),
+    proc = subprocess.Popen([sys.executable, "-m", "reconcile_testing.hub", "--store", str(clean_hub.store.root),
                              "--port-file", str(port_file)], stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 10

@@ -8,13 +8,13 @@ import json
 import pytest
 import sentencepiece as spm
 import torch
+from reconcile_testing.tokenizer import tokenizer_model_bytes
 from safetensors.torch import load_file, save_file
 
 from reconciler.checks import model_checks
 from reconciler.errors import CheckFailed
 from reconciler.models import HeaderError, build_model, expected_shapes, key_problems, load_strict, read_summary
 from reconciler.models.mtp import MTPTransformer, ffn_hidden_dim
-from reconciler.testing.tokenizer import tokenizer_model_bytes
 from reconciler.transforms.model_configs import trainer_spec_facts
 from tests.test_micro import SMALL_LLAMA, SMALL_MTP, build, run_check
 

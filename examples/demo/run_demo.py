@@ -45,9 +45,8 @@ def main() -> None:
     out = ap.parse_args().out.resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    from reconcile_testing.hub import LocalHub
     from upstream import build_store
-
-    from reconciler.hub import LocalHub
     print(f"Generating miniature upstream repos in {out / 'hub-store'} ...", flush=True)
     commits = build_store(out / "hub-store")
     for repo, commit in commits.items():

@@ -13,15 +13,15 @@ import random
 import tempfile
 from pathlib import Path
 
-from reconciler.hub import add_revision
-from reconciler.testing.checkpoints import make_hf_shards, make_meta_checkpoint
-from reconciler.testing.datasets import (
+from reconcile_testing.checkpoints import make_hf_shards, make_meta_checkpoint
+from reconcile_testing.datasets import (
     codecontests_row,
     make_humaneval_parquet,
     make_mbpp_parquet,
     write_codecontests_rows,
 )
-from reconciler.testing.tokenizer import write_tokenizer_model
+from reconcile_testing.hub import add_revision
+from reconcile_testing.tokenizer import write_tokenizer_model
 
 DEMO_TOKEN = "hf_demo_licence_accepted"  # the gated Meta repo only answers this token
 VOCAB = 1000

@@ -7,9 +7,8 @@ statistics and small subsets live in `alpaca_stats` and `alpaca_sample`.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
-
-import reconciler
 
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes
@@ -19,7 +18,6 @@ from .alpaca_io import TokenCounter, load_tokenizer, parquet_files
 
 DATASETS = ("codecontests", "mbpp", "humaneval")
 DEFAULT_MAX_TOKENS = 2048
-SCHEMAS_DIR = Path(reconciler.__file__).resolve().parent.parent / "schemas"
 
 
 @transform("to_alpaca", "1", inputs={"data": "file", "tokenizer": "file"},
@@ -41,9 +39,9 @@ def to_alpaca(inputs, params, out):
     return {**tally.as_info(), "shards": len(files), "tokens_counted": counter.tokens}
 
 
-def schema_path(dataset: str) -> Path:
-    """The canonical JSON Schema file of one dataset's Alpaca rows."""
-    return SCHEMAS_DIR / f"alpaca_{dataset}.schema.json"
+def schema_path(dataset: str):
+    """The canonical JSON Schema file of one dataset's Alpaca rows (package data)."""
+    return resources.files("reconciler.schemas").joinpath(f"alpaca_{dataset}.schema.json")
 
 
 def load_schema(dataset: str) -> dict:
@@ -53,7 +51,7 @@ def load_schema(dataset: str) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TransformError(f"cannot read the row schema {path} ({e})", where="dataset",
-                             fix="reinstall reconcile from a checkout that has schemas/") from None
+                             fix="reinstall reconcile: the wheel ships reconciler/schemas/") from None
 
 
 @transform("alpaca_schema", "1", inputs={},

@@ -1,72 +1,15 @@
-"""The `reconcile` command line: parse, call the library, render. No logic lives here.
-
-Exit codes (the one map): 0 success / nothing to do; 1 storage is wrong (missing, drifted,
-unpinned, a failed fetch, build or check); 2 the lock or the command is wrong. `plan
---detailed-exitcode` uses 2 for "changes pending", like `terraform plan`.
-"""
+"""Storage commands: plan, apply, check, lock, graph. Parse, call the library, render."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import LockError, ReconcileError, exit_code_for
-
-DEBUG = os.environ.get("RECONCILE_DEBUG") == "1"
-
-
-class Ctx:
-    """Global options, resolved lazily so `--help` never reads a lock."""
-
-    def __init__(self, lock: str, root: str | None):
-        self.lock_path = Path(lock)
-        self.root_override = root
-
-    def load(self):
-        """The validated lock and its storage root."""
-        from .lockfile import load_lock, resolve_root
-        lock = load_lock(self.lock_path)
-        return lock, resolve_root(self.lock_path, lock, self.root_override)
-
-
-class ReconcileGroup(click.Group):
-    """Turns every ReconcileError into one rendered message and its mapped exit code."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ReconcileError as e:
-            click.secho(f"error: {e.render()}", fg="red", err=True)
-            sys.exit(exit_code_for(e))
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing half-written was published; re-run to continue", err=True)
-            sys.exit(130)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-            raise
-        except Exception as e:  # a bug, not a user error: one line, traceback only on request
-            if DEBUG:
-                raise
-            click.secho(f"internal error: {type(e).__name__}: {e} (set RECONCILE_DEBUG=1 for the traceback)",
-                        fg="red", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=ReconcileGroup)
-@click.option("--lock", "lock", default="storage.lock.yaml", show_default=True, envvar="RECONCILE_LOCK",
-              help="The lock file.")
-@click.option("--root", default=None, envvar="RECONCILE_ROOT", help="Storage root (overrides the lock's `root`).")
-@click.version_option(__version__, prog_name="reconcile")
-@click.pass_context
-def main(ctx, lock, root):
-    """Declarative storage for ML assets: lock -> plan -> apply -> check."""
-    ctx.obj = Ctx(lock, root)
-
+from ..errors import LockError
 
 _ACTION_COLOURS = {"ok": "green", "fetch": "cyan", "build": "blue", "rebuild": "yellow", "blocked": "red"}
 
@@ -82,7 +25,7 @@ def render_plan(plan, show_ok: bool) -> None:
     click.echo(plan.summary())
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the plan for `apply --plan`.")
 @click.option("--all", "show_all", is_flag=True, help="Also list up-to-date artifacts.")
@@ -91,9 +34,9 @@ def render_plan(plan, show_ok: bool) -> None:
 @click.pass_obj
 def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
     """Preview what apply would do (offline unless --refresh)."""
-    from .apply import plan_for, refresh_sizes
-    from .publish import write_bytes_atomic
-    from .state import StatCache
+    from ..apply import plan_for, refresh_sizes
+    from ..publish import write_bytes_atomic
+    from ..state import StatCache
     lock, root = obj.load()
     p = plan_for(lock, root, StatCache(root))
     if refresh:
@@ -155,7 +98,7 @@ class CliReporter:
             self._bar.close()
 
 
-@main.command()
+@click.command()
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
               help="Apply a plan saved by `plan --out` (refused if the lock or storage changed since).")
 @click.option("--keep-going", is_flag=True, help="On a failure, skip only what depends on it.")
@@ -165,8 +108,8 @@ class CliReporter:
 @click.pass_obj
 def apply(obj, plan_file, keep_going, jobs, wait):
     """Converge storage to the lock, idempotently."""
-    from .apply import apply as run_apply
-    from .plan import Plan
+    from ..apply import apply as run_apply
+    from ..plan import Plan
     lock, root = obj.load()
     saved = None
     if plan_file:
@@ -197,7 +140,7 @@ def apply(obj, plan_file, keep_going, jobs, wait):
     sys.exit(0 if result.ok else 1)
 
 
-@main.command()
+@click.command()
 @click.argument("targets", nargs=-1)
 @click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -206,11 +149,11 @@ def apply(obj, plan_file, keep_going, jobs, wait):
 @click.pass_obj
 def check(obj, targets, deep, as_json, attest_file):
     """Verify storage against the lock: the pre-training gate (exit 1 on any drift)."""
-    from .verify import check as run_check
+    from ..verify import check as run_check
     lock, root = obj.load()
     report = run_check(lock, root, list(targets), deep=deep)
     if attest_file:
-        from .attest import attest, write_attestation
+        from ..attest import attest, write_attestation
         write_attestation(attest_file, attest(lock, root, report, obj.lock_path))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -227,7 +170,7 @@ def check(obj, targets, deep, as_json, attest_file):
     sys.exit(0 if report.ok else 1)
 
 
-@main.command("lock")
+@click.command("lock")
 @click.option("--check", "check_only", is_flag=True,
               help="Exit non-zero if the lock is invalid, not canonical, or has unpinned values.")
 @click.option("--allow-open", is_flag=True, help="With --check: accept unpinned values that declare an `open:` reason.")
@@ -235,7 +178,7 @@ def check(obj, targets, deep, as_json, attest_file):
 @click.pass_obj
 def lock_cmd(obj, check_only, allow_open, resolve):
     """Pin open values from what apply produced (trust on first use) and keep the lock canonical."""
-    from . import lockedit
+    from .. import lockedit
     lock, root = obj.load()
     if check_only:
         problems = lockedit.canonical_problems(obj.lock_path)
@@ -254,7 +197,7 @@ def lock_cmd(obj, check_only, allow_open, resolve):
     click.echo(f"Lock: {len(changes)} value(s) pinned." if changes else "Lock: nothing to pin.")
 
 
-@main.command()
+@click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "dot"]), default="text", show_default=True)
 @click.pass_obj
 def graph(obj, fmt):
@@ -275,4 +218,3 @@ def graph(obj, fmt):
         click.echo(f"{p}  <- {how}")
         for i in a.input_paths():
             click.echo(f"    <- {i}")
-from . import cli_ops  # noqa: E402,F401  (registers docs, diff, gc on `main`)

@@ -1,7 +1,7 @@
 """A local stand-in for the Hugging Face hub: serves a folder of repos over the hub's real protocol.
 
 `add_revision` builds the store (layout in `repo.py`); `LocalHub` serves it from a background thread
-and lets tests inject faults; `python -m reconciler.hub --store DIR` serves it in the foreground (for
+and lets tests inject faults; `python -m reconcile_testing.hub --store DIR` serves it in the foreground (for
 `make demo`). Routes and error codes are described in `server.py`.
 """
 

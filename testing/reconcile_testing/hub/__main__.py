@@ -1,4 +1,4 @@
-"""`python -m reconciler.hub --store DIR [--port 0] [--port-file FILE]`: serve a store in the foreground.
+"""`python -m reconcile_testing.hub --store DIR [--port 0] [--port-file FILE]`: serve a store in the foreground.
 
 Prints the endpoint URL (and writes it to --port-file, for scripts that wait on it) so a demo can
 `export HF_ENDPOINT=<url>`. Stops on Ctrl-C or SIGTERM.
@@ -18,8 +18,8 @@ from . import LocalHub
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, serve until interrupted; returns the exit status."""
-    ap = argparse.ArgumentParser(prog="python -m reconciler.hub", description=__doc__.splitlines()[0])
-    ap.add_argument("--store", required=True, type=Path, help="folder of repos (see reconciler.hub.repo)")
+    ap = argparse.ArgumentParser(prog="python -m reconcile_testing.hub", description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True, type=Path, help="folder of repos (see reconcile_testing.hub.repo)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--port-file", type=Path, help="write the endpoint URL here once listening")

@@ -1,4 +1,4 @@
-"""Operations commands (docs, diff, gc, attest) registered on the main CLI group.
+"""Operations commands: docs, diff, gc, attest.
 
 Parse, call the library (`reconciler.docs`, `.diff`, `.gc`, `.attest`), render; no logic here.
 """
@@ -11,10 +11,8 @@ from pathlib import Path
 
 import click
 
-from .cli import main
 
-
-@main.command()
+@click.command()
 @click.option("--check", "check_only", is_flag=True, help="Exit 1 if the file on disk is not what the lock renders.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default: <root>/README.md).")
 @click.option("--with-provenance", is_flag=True,
@@ -22,7 +20,7 @@ from .cli import main
 @click.pass_obj
 def docs(obj, check_only, out, with_provenance):
     """Render the storage README from the lock (deterministic: commit it, check it in CI)."""
-    from . import docs as d
+    from .. import docs as d
     lock, root = obj.load()
     text = d.render_readme(lock, obj.lock_path.name)
     if with_provenance:
@@ -40,7 +38,7 @@ def docs(obj, check_only, out, with_provenance):
     click.echo(f"wrote {path}" if wrote else f"{path} is current.")
 
 
-@main.command("diff")
+@click.command("diff")
 @click.argument("old_lock", type=click.Path(dir_okay=False))
 @click.argument("new_lock", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the full structured diff as JSON.")
@@ -48,8 +46,8 @@ def docs(obj, check_only, out, with_provenance):
               help="Truncate the Markdown past this many characters (with a note).")
 def diff_cmd(old_lock, new_lock, as_json, max_chars):
     """What changing OLD_LOCK into NEW_LOCK does: changes, downstream rebuilds, bytes to download."""
-    from .diff import diff_locks, render_markdown
-    from .lockfile import load_lock
+    from ..diff import diff_locks, render_markdown
+    from ..lockfile import load_lock
     d = diff_locks(load_lock(old_lock), load_lock(new_lock))
     if as_json:
         click.echo(json.dumps(d, indent=2, sort_keys=True))
@@ -58,20 +56,20 @@ def diff_cmd(old_lock, new_lock, as_json, max_chars):
 
 
 def _gc_rows(items, style: str) -> None:
-    from .docs import human_bytes
+    from ..docs import human_bytes
     width = max((len(i.path) for i in items), default=0)
     for i in items:
         click.echo(f"  {click.style(i.kind.ljust(10), fg=style)}  {human_bytes(i.size):>9}  "
                    f"{i.path.ljust(width)}  {i.reason}")
 
 
-@main.command()
+@click.command()
 @click.option("--yes", is_flag=True, help="Delete what is listed (never while an apply holds the root).")
 @click.pass_obj
 def gc(obj, yes):
     """List (and with --yes delete) what under the storage root the lock does not own."""
-    from .docs import human_bytes
-    from .gc import collect, remove
+    from ..docs import human_bytes
+    from ..gc import collect, remove
     lock, root = obj.load()
     report = collect(lock, root)
     _gc_rows(report.items, "yellow")
@@ -87,16 +85,16 @@ def gc(obj, yes):
     click.echo(f"Deleted {len(done.items)} item(s), {human_bytes(done.total_bytes)} freed.")
 
 
-@main.command()
+@click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("targets", nargs=-1)
 @click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
 @click.pass_obj
 def attest(obj, file, targets, deep):
     """Run `check` and write an attestation record to FILE (written even when the check fails)."""
-    from .attest import attest as make_record
-    from .attest import write_attestation
-    from .verify import check as run_check
+    from ..attest import attest as make_record
+    from ..attest import write_attestation
+    from ..verify import check as run_check
     lock, root = obj.load()
     report = run_check(lock, root, list(targets), deep=deep)
     write_attestation(file, make_record(lock, root, report, obj.lock_path))
