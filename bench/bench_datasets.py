@@ -43,8 +43,8 @@ def _tokenizer(workdir: Path) -> Path:
 
 def convert_child(data: str, tokenizer: str, out_path: str) -> dict:
     """Run `to_alpaca` once (inside the child process) and report time, counts and peak RSS."""
+    from reconciler.datasets.transforms import to_alpaca
     from reconciler.publish import commit, staged
-    from reconciler.transforms.datasets import to_alpaca
 
     imported = _peak_rss_mb()  # every plug-in module is imported, torch included
     final = Path(out_path)
@@ -75,7 +75,7 @@ def _texts(data: Path) -> list[str]:
     """The texts the conversion tokenizes, extracted with pyarrow (not timed)."""
     import pyarrow.parquet as pq
 
-    from reconciler.transforms.alpaca_convert import CC_LANGUAGES, examples_block
+    from reconciler.datasets.alpaca_convert import CC_LANGUAGES, examples_block
     texts: list[str] = []
     for rb in pq.ParquetFile(data).iter_batches(columns=["description", "public_tests", "solutions",
                                                          "incorrect_solutions"]):
@@ -91,7 +91,7 @@ def sentencepiece_alone(data: Path, tokenizer: Path) -> dict:
     """Time SentencePiece batch-encoding the same texts (same chunk size and thread count)."""
     import sentencepiece as spm
 
-    from reconciler.transforms.alpaca_io import ENCODE_CHUNK_CHARS, TokenCounter
+    from reconciler.datasets.alpaca_io import ENCODE_CHUNK_CHARS, TokenCounter
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
     out_type = TokenCounter(sp).out_type  # the cheapest return type, as the transform uses
     texts = _texts(data)

@@ -42,8 +42,8 @@ def child_convert(ckpt: str, params: str, out: str) -> dict:
     """The streaming conversion through the engine's publish path; returns timing and RSS."""
     import torch  # noqa: F401 - the engine imports torch lazily; keep its import out of the timed span
 
+    from reconciler.models.convert import torch_to_safetensors
     from reconciler.publish import commit, staged
-    from reconciler.transforms.models import torch_to_safetensors
     imported = vm_hwm()
     final = Path(out)
     t0 = time.perf_counter()

@@ -165,7 +165,7 @@ def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | 
            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "duration_s": round(time.monotonic() - started, 3)}
     if final.suffix == ".safetensors":  # lets `check` say what changed (a dtype, a shape, the values)
-        from .safetensors_io import manifest_digest, tensor_manifest
+        from .models.safetensors_io import manifest_digest, tensor_manifest
         rec["tensors"] = tensor_manifest(final)
         rec["content_digest"] = manifest_digest(rec["tensors"])
     return rec

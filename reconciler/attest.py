@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 def _content_digest(path: Path) -> str | None:
     """Tensor-level digest of a safetensors file, or None when unavailable or unreadable."""
     try:
-        from .safetensors_io import content_digest  # written in parallel: optional by design
+        from .models.safetensors_io import content_digest  # written in parallel: optional by design
     except ImportError:
         return None
     try:

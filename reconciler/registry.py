@@ -101,7 +101,20 @@ def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
+# Every module that registers built-in transforms or checks, by domain. One explicit list: a
+# new plug-in module is one line here, and what runs at start-up is visible in one place.
+PLUGIN_MODULES = (
+    "reconciler.files.transforms", "reconciler.files.checks",
+    "reconciler.models.convert", "reconciler.models.micro", "reconciler.models.model_configs",
+    "reconciler.models.tensor_checks", "reconciler.models.model_checks",
+    "reconciler.datasets.transforms", "reconciler.datasets.alpaca_stats", "reconciler.datasets.alpaca_sample",
+    "reconciler.datasets.checks",
+)
+
+
 def load_plugins() -> None:
     """Import every built-in transform and check module so their registrations run."""
-    from . import checks as _checks  # noqa: F401
-    from . import transforms as _transforms  # noqa: F401
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        importlib.import_module(name)

@@ -70,7 +70,7 @@ def select(lock: Lock, targets: list[str]) -> list[str]:
 
 def _tensor_verdict(a: Artifact, o: Observed, full: Path) -> tuple[str, str] | None:
     """For a drifted safetensors file: is it only re-serialised, or what changed in its tensors?"""
-    from .safetensors_io import manifest_changes, manifest_digest, tensor_manifest
+    from .models.safetensors_io import manifest_changes, manifest_digest, tensor_manifest
     try:
         now = tensor_manifest(full)
     except (ReconcileError, OSError, ValueError) as e:

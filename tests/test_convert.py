@@ -15,14 +15,14 @@ import torch
 from reconcile_testing.checkpoints import make_meta_checkpoint
 from safetensors.torch import load_file, save_file
 
-from reconciler.checkpoint_layout import hf_llama_shapes, meta_shapes, n_params
-from reconciler.checks.tensors import dtype as dtype_check
-from reconciler.checks.tensors import tensors as tensors_check
 from reconciler.errors import CheckFailed, TransformError
+from reconciler.models._streaming import FilePages
+from reconciler.models.checkpoint_layout import hf_llama_shapes, meta_shapes, n_params
+from reconciler.models.convert import merge_shards, torch_to_safetensors
+from reconciler.models.safetensors_io import content_digest, describe_change, read_header
+from reconciler.models.tensor_checks import dtype as dtype_check
+from reconciler.models.tensor_checks import tensors as tensors_check
 from reconciler.registry import TRANSFORMS, CheckContext
-from reconciler.safetensors_io import content_digest, describe_change, read_header
-from reconciler.transforms._streaming import FilePages
-from reconciler.transforms.models import merge_shards, torch_to_safetensors
 from tests.conftest import UPSTREAM
 from tests.fixtures.checkpoints import run_transform
 
@@ -254,7 +254,7 @@ def test_tensors_check_meta_and_hf(meta_ckpt, meta_converted, hf_bin, tmp_path):
 _MEMORY_PROBE = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
-    from reconciler.transforms.models import torch_to_safetensors
+    from reconciler.models.convert import torch_to_safetensors
     from reconciler.publish import staged, commit
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ckpt, params, final = map(Path, sys.argv[1:4])

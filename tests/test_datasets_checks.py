@@ -82,7 +82,7 @@ def test_rows_counts_flags_and_ids(tmp_path, ds_root, ds_cc_jsonl, ds_mbpp_jsonl
 
 
 def test_stats_consistent(tmp_path, ds_root, ds_cc_jsonl, ds_tokenizer):
-    from reconciler.transforms.alpaca_stats import alpaca_stats
+    from reconciler.datasets.alpaca_stats import alpaca_stats
     from tests.fixtures.datasets import build
 
     rels = list(ds_cc_jsonl[0].values())
@@ -118,7 +118,7 @@ def test_disjoint_splits(tmp_path, ds_root, ds_cc_jsonl, ds_mbpp_jsonl):
 
 
 def test_disjoint_subset_of(tmp_path, ds_root, ds_cc_jsonl):
-    from reconciler.transforms.alpaca_sample import alpaca_sample
+    from reconciler.datasets.alpaca_sample import alpaca_sample
     from tests.fixtures.datasets import build
 
     train, valid = ds_cc_jsonl[0]["train"], ds_cc_jsonl[0]["valid"]
@@ -138,7 +138,7 @@ def test_disjoint_subset_of(tmp_path, ds_root, ds_cc_jsonl):
 
 
 def test_schema_check_in_parallel_names_the_global_line(tmp_path, ds_root, ds_cc_jsonl, ds_schemas, monkeypatch):
-    import reconciler.checks.datasets as checks
+    import reconciler.datasets.checks as checks
 
     rel = ds_cc_jsonl[0]["train"]
     copy_tree(ds_root, tmp_path, [rel, ds_schemas["codecontests"]])

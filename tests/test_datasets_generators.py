@@ -15,8 +15,8 @@ from reconcile_testing.datasets import (
     make_mbpp_parquet,
 )
 
+from reconciler.datasets.transforms import to_alpaca
 from reconciler.registry import CHECKS, load_plugins
-from reconciler.transforms.datasets import to_alpaca
 from tests.conftest import UPSTREAM
 from tests.fixtures.datasets import build, context
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
+from reconciler.datasets.alpaca_sample import alpaca_sample, problem_of, select
+from reconciler.datasets.alpaca_stats import alpaca_stats, summarize_lengths
 from reconciler.errors import TransformError
-from reconciler.transforms.alpaca_sample import alpaca_sample, problem_of, select
-from reconciler.transforms.alpaca_stats import alpaca_stats, summarize_lengths
 from tests.fixtures.datasets import build
 
 

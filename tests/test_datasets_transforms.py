@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from reconcile_testing.datasets import MBPP_SCHEMA, make_mbpp_parquet, write_codecontests_rows
 
+from reconciler.datasets.alpaca_convert import examples_block
+from reconciler.datasets.transforms import alpaca_schema, schema_path, to_alpaca
 from reconciler.errors import TransformError
 from reconciler.hashing import pretty_json_bytes
-from reconciler.transforms.alpaca_convert import examples_block
-from reconciler.transforms.datasets import alpaca_schema, schema_path, to_alpaca
 from tests.fixtures.datasets import build
 
 SOURCES = ["unknown", "codechef", "codeforces", "hackerearth", "codejam", "atcoder", "aizu"]
@@ -246,7 +246,7 @@ def test_alpaca_schema_writes_the_canonical_file(tmp_path, dataset):
 
 
 def test_list_parents_skip_null_lists_backed_by_values():
-    from reconciler.transforms.alpaca_io import list_parents
+    from reconciler.datasets.alpaca_io import list_parents
 
     lang = pa.array([[1, 2], [3, 3], [1]], pa.list_(pa.int64()))
     sol = pa.array([["a", "b"], ["c", "d"], ["e"]], pa.list_(pa.string()))

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reconciler.errors import TransformError
-from reconciler.models import expected_shapes, read_summary
-from reconciler.models.mtp import ffn_hidden_dim
+from reconciler.models.nets import expected_shapes, read_summary
+from reconciler.models.nets.mtp import ffn_hidden_dim
 from reconciler.publish import commit, staged
 from reconciler.registry import CHECKS, TRANSFORMS, CheckContext, load_plugins
 from tests.conftest import UPSTREAM

@@ -11,11 +11,18 @@ import torch
 from reconcile_testing.tokenizer import tokenizer_model_bytes
 from safetensors.torch import load_file, save_file
 
-from reconciler.checks import model_checks
 from reconciler.errors import CheckFailed
-from reconciler.models import HeaderError, build_model, expected_shapes, key_problems, load_strict, read_summary
-from reconciler.models.mtp import MTPTransformer, ffn_hidden_dim
-from reconciler.transforms.model_configs import trainer_spec_facts
+from reconciler.models import model_checks
+from reconciler.models.model_configs import trainer_spec_facts
+from reconciler.models.nets import (
+    HeaderError,
+    build_model,
+    expected_shapes,
+    key_problems,
+    load_strict,
+    read_summary,
+)
+from reconciler.models.nets.mtp import MTPTransformer, ffn_hidden_dim
 from tests.test_micro import SMALL_LLAMA, SMALL_MTP, build, run_check
 
 MTP_PARAMS = {"dim": 64, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 300, "multiple_of": 32,
@@ -78,7 +85,7 @@ def test_mtp_heads_all_read_the_trunk_output_not_each_other():
     model = _seeded(MTPTransformer(MTP_PARAMS))
     tokens = torch.randint(0, 300, (1, 5))
     logits = model(tokens, return_all_heads=True)
-    from reconciler.models.mtp import rope_angles
+    from reconciler.models.nets.mtp import rope_angles
 
     angles = rope_angles(16, 5, 10000.0, tokens.device)
     trunk = model.tok_embeddings(tokens)

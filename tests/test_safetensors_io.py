@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save, save_file
 
-from reconciler import safetensors_io as sio
 from reconciler.errors import IntegrityError
-from reconciler.safetensors_io import (
+from reconciler.models import safetensors_io as sio
+from reconciler.models.safetensors_io import (
     SafetensorsWriter,
     content_digest,
     describe_change,

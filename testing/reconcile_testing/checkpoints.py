@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from reconciler.checkpoint_layout import ffn_hidden_dim, hf_llama_shapes, meta_shapes
-from reconciler.safetensors_io import SafetensorsWriter, dtype_name
+from reconciler.models.checkpoint_layout import ffn_hidden_dim, hf_llama_shapes, meta_shapes
+from reconciler.models.safetensors_io import SafetensorsWriter, dtype_name
 
 SMALL_META_PARAMS = {"dim": 64, "ffn_dim_multiplier": 1.0, "multiple_of": 32, "n_future_tokens": 4,
                      "n_heads": 4, "n_kv_heads": 4, "n_layers": 6, "norm_eps": 1e-05, "rope_theta": 10000.0,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..checkpoint_layout import LEGACY_META_KEYS, first_mismatch, matches, meta_shapes
 from ..errors import ReconcileError, TransformError
 from ..registry import transform
-from ..safetensors_io import read_header, read_tensor, torch_dtype
 from ._streaming import FilePages, layout_or_fail, load_state, read_json, write_verified
+from .checkpoint_layout import LEGACY_META_KEYS, first_mismatch, matches, meta_shapes
+from .safetensors_io import read_header, read_tensor, torch_dtype
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 _SCHEMA = {"type": "object", "additionalProperties": False,

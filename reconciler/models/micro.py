@@ -13,13 +13,13 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint_layout import ffn_hidden_dim, n_params
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes
-from ..models import HeaderError, block_count, expected_shapes, read_summary
 from ..registry import transform
-from ..safetensors_io import METADATA, SafetensorsWriter, dtype_name, encode_header, expected_nbytes
+from .checkpoint_layout import ffn_hidden_dim, n_params
 from .model_configs import read_json_object
+from .nets import HeaderError, block_count, expected_shapes, read_summary
+from .safetensors_io import METADATA, SafetensorsWriter, dtype_name, encode_header, expected_nbytes
 
 if TYPE_CHECKING:  # torch only where weights are made: the lock validator calls predict_size without it
     import torch

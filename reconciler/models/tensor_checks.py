@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
-from ..checkpoint_layout import LayoutError, first_mismatch, legacy_keys, shapes_for_config
 from ..errors import CheckFailed, ReconcileError
 from ..registry import check
-from ..safetensors_io import dtype_name, read_header
+from .checkpoint_layout import LayoutError, first_mismatch, legacy_keys, shapes_for_config
+from .safetensors_io import dtype_name, read_header
 
 
 def _header(path):

@@ -19,9 +19,9 @@ import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..checkpoint_layout import LayoutError
 from ..errors import ReconcileError, TransformError
-from ..safetensors_io import SafetensorsWriter, read_header, torch_dtype
+from .checkpoint_layout import LayoutError
+from .safetensors_io import SafetensorsWriter, read_header, torch_dtype
 
 _MADV_DONTNEED = 4
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ...errors import IntegrityError
 from ..checkpoint_layout import LayoutError, hf_llama_shapes, meta_shapes, n_params
-from ..errors import IntegrityError
 from ..safetensors_io import read_header
 from .configs import META_LEGACY_KEYS, hf_config_with_defaults, meta_params_with_defaults
 from .configs import is_legacy_key as _hf_legacy_key

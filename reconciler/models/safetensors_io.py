@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import IntegrityError
+from ..errors import IntegrityError
 
 # safetensors dtype name -> bits per element, in the Rust enum's order: `save_file` sorts
 # tensors by this rank descending (widest alignment first), then by name.

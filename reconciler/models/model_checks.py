@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint_layout import ffn_hidden_dim
 from ..errors import CheckFailed
-from ..models import ARCHES, HeaderError, WeightsSummary, block_count, load_strict, read_summary
-from ..models.configs import meta_params_with_defaults
 from ..registry import check
+from .checkpoint_layout import ffn_hidden_dim
+from .nets import ARCHES, HeaderError, WeightsSummary, block_count, load_strict, read_summary
+from .nets.configs import meta_params_with_defaults
 
 # A fixed code prompt: tokenised by the real tokenizer, so the ids exercise real vocabulary rows.
 PROMPT = "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"

@@ -12,12 +12,12 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint_layout import ffn_hidden_dim
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes, sha256_file
-from ..models import HeaderError, WeightsSummary, read_summary
-from ..models.configs import meta_params_with_defaults
 from ..registry import transform
+from .checkpoint_layout import ffn_hidden_dim
+from .nets import HeaderError, WeightsSummary, read_summary
+from .nets.configs import meta_params_with_defaults
 
 TORCH_DTYPES = ["bfloat16", "float16", "float32"]
 _NO_PARAMS = {"type": "object", "additionalProperties": False, "properties": {}}

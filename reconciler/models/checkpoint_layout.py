@@ -15,7 +15,7 @@ import fnmatch
 import math
 from collections.abc import Iterable, Mapping
 
-from .errors import ReconcileError
+from ..errors import ReconcileError
 
 Shape = tuple  # of int | None
 LEGACY_META_KEYS = ("rope.freqs",)  # an old precomputed RoPE buffer: not a weight, always left out

@@ -16,8 +16,8 @@ from jsonschema.exceptions import SchemaError, best_match
 
 from ..errors import CheckFailed
 from ..registry import check
-from ..transforms.alpaca_io import BadRow, iter_rows
-from ..transforms.alpaca_sample import problem_of
+from .alpaca_io import BadRow, iter_rows
+from .alpaca_sample import problem_of
 
 
 def _rows(path: Path):
