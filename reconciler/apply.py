@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 from filelock import FileLock, Timeout
 
@@ -36,6 +37,9 @@ TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggi
 
 class Reporter:
     """Callbacks apply uses to tell the outside world what it does (the CLI renders them)."""
+
+    def planned(self, pending: list[Action]) -> None:
+        """The actions this run will attempt (called once, before the first)."""
 
     def step(self, action: Action) -> None:
         """An action starts."""
@@ -57,19 +61,54 @@ class Reporter:
         """Bytes downloaded since the last call (may come from several threads)."""
 
 
+FORMAT_VERSION = 1  # of `apply --json` (reconciler/schemas/apply.schema.json)
+# Where the bytes of a published artifact came from: a transform ran here, the hub, the team's
+# remote cache, or the local Hugging Face cache.
+ORIGINS = ("built", "hub", "remote", "hf-cache")
+
+
+class Produced(NamedTuple):
+    """One published artifact: its sha256, a line for the user, and where its bytes came from."""
+
+    sha256: str
+    detail: str
+    origin: str  # one of ORIGINS
+
+
 @dataclass
 class ApplyResult:
-    """What apply did: published, failed (with errors) and skipped (with the failed input)."""
+    """What apply did: published (with origin), failed (with errors) and skipped (with the failed input)."""
 
     plan: Plan
     done: list[str] = field(default_factory=list)
     failed: dict[str, ReconcileError] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    produced: dict[str, Produced] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when nothing failed."""
         return not self.failed
+
+    def status_of(self, path: str) -> str:
+        """done | failed | skipped | ok (was already up to date)."""
+        if path in self.produced or path in self.done:
+            return "done"
+        return "failed" if path in self.failed else "skipped" if path in self.skipped else "ok"
+
+    def to_json(self) -> dict:
+        """`apply --json`: one result per artifact (reconciler/schemas/apply.schema.json)."""
+        rows = []
+        for x in self.plan.actions:
+            status = self.status_of(x.path)
+            got = self.produced.get(x.path)
+            err = self.failed.get(x.path)
+            rows.append({"path": x.path, "action": x.action, "status": status,
+                         "origin": got.origin if got else None,
+                         "sha256": got.sha256 if got else x.found_sha256 if status == "ok" else None,
+                         "detail": got.detail if got else err.render() if err else self.skipped.get(x.path, x.reason)})
+        counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "failed", "skipped", "ok")}
+        return {"format_version": FORMAT_VERSION, "ok": self.ok, "summary": counts, "artifacts": rows}
 
 
 def tool_versions() -> dict[str, str]:
@@ -171,7 +210,7 @@ def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | 
     return rec
 
 
-def _fetch_file(run: _Run, a: Artifact) -> tuple[str, str]:
+def _fetch_file(run: _Run, a: Artifact) -> Produced:
     from .sources import hf
     src, ref = run.source_at_commit(a.fetch.source)
     final = run.root / a.path
@@ -185,10 +224,10 @@ def _fetch_file(run: _Run, a: Artifact) -> tuple[str, str]:
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "path": a.fetch.path}}
     rec = _provenance(recipe, size, sha, started, {"etag_sha256": remote.sha256}, final)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision})
-    return sha, f"{size:,} bytes from {src.repo}@{src.revision[:12]}"
+    return Produced(sha, f"{size:,} bytes from {src.repo}@{src.revision[:12]}", "hub")
 
 
-def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> tuple[str, str]:
+def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
     from .sources import hf
     src, ref = run.source_at_commit(a.fetch.source)
     base = posixpath.dirname(a.fetch.glob)
@@ -225,10 +264,10 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> tuple[str, str]:
     rec = _provenance(recipe, size, sha, started, None, folder)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members,
                                               "member_sizes": {n: (folder / n).stat().st_size for n in members}})
-    return sha, f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}"
+    return Produced(sha, f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}", "hub")
 
 
-def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> tuple[str, str]:
+def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produced:
     t = TRANSFORMS[a.build.transform]
     recipe = build_recipe(a, planned)
     inputs = {name: ([run.root / p for p in v] if isinstance(v, list) else run.root / v)
@@ -248,7 +287,7 @@ def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> tuple[
                                         "run apply, then `reconcile lock` to pin the new bytes")
     run.cache.remember_file(a.path, final, sha)
     write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final))
-    return sha, f"{size:,} bytes via {t.name} v{t.version}"
+    return Produced(sha, f"{size:,} bytes via {t.name} v{t.version}", "built")
 
 
 def refuse_stale(saved: Plan, current: Plan) -> None:
@@ -264,8 +303,8 @@ def refuse_stale(saved: Plan, current: Plan) -> None:
                         fix="run `reconcile plan --out FILE` again and review the new plan")
 
 
-def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> tuple[str, str]:
-    """Produce one artifact; returns (its published sha256, a line for the user)."""
+def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> Produced:
+    """Produce one artifact: its published sha256, a line for the user, where the bytes came from."""
     a = run.lock.artifacts[x.path]
     if a.fetch is None:
         return _build(run, a, x, sha_of)
@@ -309,7 +348,7 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 return
             reporter.step(x)
             try:
-                sha, detail = _run_action(run, x, sha_of, jobs)
+                got = _run_action(run, x, sha_of, jobs)
             except (ReconcileError, OSError) as exc:
                 err = exc if isinstance(exc, ReconcileError) else _os_failure(x.path, exc)
                 if err.where != x.path:  # always name the artifact; keep the source's own place too
@@ -318,11 +357,13 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 reporter.failed(x, err)
                 stop.hit()
                 return
-            sha_of[x.path] = sha  # what was just verified and published: no need to look again
+            sha_of[x.path] = got.sha256  # what was just verified and published: no need to look again
             result.done.append(x.path)
-            reporter.done(x, detail)
+            result.produced[x.path] = got
+            reporter.done(x, got.detail)
 
         pending = plan.pending()
+        reporter.planned(pending)
         fetches = [x for x in pending if x.kind == "fetch"]
         reporter.download_total(sum(x.download_bytes or 0 for x in fetches))
         with ThreadPoolExecutor(max(1, jobs)) as pool:

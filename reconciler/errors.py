@@ -7,6 +7,19 @@ place (`EXIT_CODES`), so no layer below the CLI decides how a failure looks.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit status `reconcile` uses (README "Exit codes" and `reconcile --help` print this map)."""
+
+    OK = 0  # success; nothing to do; `plan --detailed-exitcode`: no changes
+    FAILED = 1  # the storage or the world is wrong: drift, stale pins, a failed fetch/build/check;
+    # also any error under `plan --detailed-exitcode` (like terraform)
+    USAGE = 2  # the lock or the command line is wrong (invalid lock, unknown option, bad root)
+    PENDING = 2  # `plan --detailed-exitcode` only: changes are pending  # noqa: PIE796 - same value on purpose
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), like every shell tool
+
 
 class ReconcileError(Exception):
     """Root of all user-facing errors: a message, the place it concerns, and the fix."""
@@ -46,6 +59,10 @@ class CheckFailed(ReconcileError):
     """Raised by a check function when the artifact does not satisfy it."""
 
 
+class Interrupted(ReconcileError):
+    """The user pressed Ctrl-C; the message says what was left undone."""
+
+
 class BusyError(ReconcileError):
     """Another process holds the root lock."""
 
@@ -56,15 +73,16 @@ class ResourceError(ReconcileError):
 
 # The one exit-code map (used by the CLI). 2 = the lock or the command is wrong;
 # 1 = the storage or the world is wrong (drift, failed fetch/build, failed check).
-EXIT_CODES: dict[type[ReconcileError], int] = {
-    LockError: 2,
-    IntegrityError: 1,
-    SourceError: 1,
-    TransformError: 1,
-    CheckFailed: 1,
-    BusyError: 1,
-    ResourceError: 1,
-    ReconcileError: 1,
+EXIT_CODES: dict[type[ReconcileError], ExitCode] = {
+    LockError: ExitCode.USAGE,
+    Interrupted: ExitCode.INTERRUPTED,
+    IntegrityError: ExitCode.FAILED,
+    SourceError: ExitCode.FAILED,
+    TransformError: ExitCode.FAILED,
+    CheckFailed: ExitCode.FAILED,
+    BusyError: ExitCode.FAILED,
+    ResourceError: ExitCode.FAILED,
+    ReconcileError: ExitCode.FAILED,
 }
 
 
@@ -73,4 +91,4 @@ def exit_code_for(err: ReconcileError) -> int:
     for cls in type(err).__mro__:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
-    return 1
+    return ExitCode.FAILED

@@ -20,6 +20,8 @@ from .registry import CHECKS, CheckContext
 from .spec import Artifact, Lock
 from .state import Observed, StatCache, observe
 
+FORMAT_VERSION = 1  # of `check --json`
+
 
 @dataclass
 class ArtifactStatus:
@@ -46,9 +48,10 @@ class CheckReport:
         return all(a.status == "ok" for a in self.artifacts)
 
     def to_json(self) -> dict:
-        """`{"ok": bool, "artifacts": [{"path", "status", "detail", ...}]}`."""
-        return {"ok": self.ok, "tier": "deep" if self.deep else "fast", "hashed_files": self.hashed,
-                "artifacts": [asdict(a) for a in self.artifacts]}
+        """`check --json` (reconciler/schemas/check.schema.json): verdicts plus the list of what failed."""
+        return {"format_version": FORMAT_VERSION, "ok": self.ok, "tier": "deep" if self.deep else "fast",
+                "hashed_files": self.hashed, "artifacts": [asdict(a) for a in self.artifacts],
+                "failed": [a.path for a in self.artifacts if a.status != "ok"]}
 
 
 def select(lock: Lock, targets: list[str]) -> list[str]:

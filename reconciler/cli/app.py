@@ -1,8 +1,6 @@
 """The root `reconcile` command group, its global options and the one place errors become exit codes.
 
-Exit codes (the one map): 0 success / nothing to do; 1 storage is wrong (missing, drifted,
-unpinned, a failed fetch, build or check); 2 the lock or the command is wrong. `plan
---detailed-exitcode` uses 2 for "changes pending", like `terraform plan`.
+Exit codes: `errors.ExitCode` is the one map; `EXIT_HELP` below renders it for `--help`.
 """
 
 from __future__ import annotations
@@ -14,9 +12,18 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..errors import ReconcileError, exit_code_for
+from ..errors import ExitCode, Interrupted, LockError, ReconcileError, exit_code_for
 
 DEBUG = os.environ.get("RECONCILE_DEBUG") == "1"
+
+EXIT_HELP = """\b
+Exit codes:
+  0    success; nothing to do; plan --detailed-exitcode: no changes
+  1    storage is wrong: missing, drifted, stale or unpinned pins, a failed fetch, build or check;
+       under plan --detailed-exitcode: any error (invalid lock, bad option)
+  2    the lock or the command line is wrong; plan --detailed-exitcode: changes pending
+  130  interrupted (Ctrl-C); nothing half-written is published
+"""
 
 
 class Ctx:
@@ -27,24 +34,42 @@ class Ctx:
         self.root_override = root
 
     def load(self):
-        """The validated lock and its storage root."""
+        """The validated lock and its storage root (refused when the root is a file)."""
         from ..lockfile import load_lock, resolve_root
         lock = load_lock(self.lock_path)
-        return lock, resolve_root(self.lock_path, lock, self.root_override)
+        root = resolve_root(self.lock_path, lock, self.root_override)
+        if root.exists() and not root.is_dir():
+            raise LockError("the storage root is a file, not a folder", where=str(root),
+                            fix="pass --root FOLDER (or set RECONCILE_ROOT / the lock's `root`) to a folder")
+        return lock, root
+
+
+def _detailed(ctx) -> bool:
+    """True when this invocation is `plan --detailed-exitcode` (errors then exit 1, never 2)."""
+    return "--detailed-exitcode" in ctx.args or ctx.meta.get("detailed_exitcode", False)
 
 
 class ReconcileGroup(click.Group):
     """Turns every ReconcileError into one rendered message and its mapped exit code."""
 
     def invoke(self, ctx):
+        detailed = _detailed(ctx)
         try:
             return super().invoke(ctx)
+        except Interrupted as e:
+            click.echo(e.message, err=True)
+            sys.exit(ExitCode.INTERRUPTED)
         except ReconcileError as e:
             click.secho(f"error: {e.render()}", fg="red", err=True)
-            sys.exit(exit_code_for(e))
+            sys.exit(ExitCode.FAILED if detailed else exit_code_for(e))
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was published; re-run to continue", err=True)
-            sys.exit(130)
+            sys.exit(ExitCode.INTERRUPTED)
+        except click.UsageError as e:
+            if not detailed:
+                raise
+            e.show()
+            sys.exit(ExitCode.FAILED)  # `plan --detailed-exitcode` keeps 2 for "changes pending"
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except Exception as e:  # a bug, not a user error: one line, traceback only on request
@@ -55,12 +80,34 @@ class ReconcileGroup(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=ReconcileGroup)
+@click.group(cls=ReconcileGroup, epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--lock", "lock", default="storage.lock.yaml", show_default=True, envvar="RECONCILE_LOCK",
-              help="The lock file.")
-@click.option("--root", default=None, envvar="RECONCILE_ROOT", help="Storage root (overrides the lock's `root`).")
+              help="The lock file (env RECONCILE_LOCK).")
+@click.option("--root", default=None, envvar="RECONCILE_ROOT",
+              help="Storage root (env RECONCILE_ROOT; overrides the lock's `root`).")
+@click.option("--no-color", is_flag=True, help="No ANSI colours (also when NO_COLOR is set).")
 @click.version_option(__version__, prog_name="reconcile")
 @click.pass_context
-def main(ctx, lock, root):
+def main(ctx, lock, root, no_color):
     """Declarative storage for ML assets: lock -> plan -> apply -> check."""
+    if no_color or os.environ.get("NO_COLOR"):  # https://no-color.org: any non-empty value
+        ctx.color = False
     ctx.obj = Ctx(lock, root)
+
+
+def complete_artifacts(ctx, param, incomplete: str):
+    """Shell completion for TARGETS: artifact paths (and their folders) from the lock."""
+    from click.shell_completion import CompletionItem
+    try:
+        from ..lockfile import load_lock
+        root = ctx.find_root()
+        lock = load_lock(root.params.get("lock") or os.environ.get("RECONCILE_LOCK") or "storage.lock.yaml")
+    except Exception:  # completion must never fail the shell
+        return []
+    found = set()
+    for path in lock.artifacts:
+        if path.startswith(incomplete):
+            rest = path[len(incomplete):]
+            cut = rest.find("/")
+            found.add(path if cut < 0 else incomplete + rest[:cut + 1])  # complete a folder at a time
+    return [CompletionItem(p) for p in sorted(found)]

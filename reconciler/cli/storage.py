@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 
 import click
 
-from ..errors import LockError
+from ..errors import Interrupted, LockError
+from .app import complete_artifacts
 
 _ACTION_COLOURS = {"ok": "green", "fetch": "cyan", "build": "blue", "rebuild": "yellow", "blocked": "red"}
 
@@ -51,53 +51,6 @@ def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
         sys.exit(2)
 
 
-class CliReporter:
-    """Plain lines per step; on a TTY, one aggregate download progress bar."""
-
-    def __init__(self):
-        self.tty = sys.stderr.isatty()
-        self._bar = None
-        self._lock = threading.Lock()
-
-    def step(self, action):
-        click.echo(f"{action.action:>7}  {action.path}  ({action.reason})")
-
-    def done(self, action, detail):
-        self._close_build_bar()
-        click.echo(f"   done  {action.path}  {detail}")
-
-    def failed(self, action, err):
-        self._close_build_bar()
-        click.secho(f" FAILED  {action.path}  {err.message}", fg="red")
-
-    def build_progress(self, action):
-        """On a TTY, a bar of the bytes a build writes (total unknown: bytes and rate)."""
-        if not self.tty:
-            return None
-        from tqdm import tqdm
-        self._build_bar = tqdm(unit="B", unit_scale=True, desc=action.path.rsplit("/", 1)[-1], leave=False)
-        return self._build_bar.update
-
-    def _close_build_bar(self):
-        if getattr(self, "_build_bar", None) is not None:
-            self._build_bar.close()
-            self._build_bar = None
-
-    def download_total(self, nbytes):
-        if self.tty and nbytes:
-            from tqdm import tqdm
-            self._bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="download", leave=False)
-
-    def advance(self, nbytes):
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(nbytes)
-
-    def close(self):
-        if self._bar is not None:
-            self._bar.close()
-
-
 @click.command()
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
               help="Apply a plan saved by `plan --out` (refused if the lock or storage changed since).")
@@ -105,11 +58,14 @@ class CliReporter:
 @click.option("--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
 @click.option("--wait", default=0.0, show_default=True, type=float,
               help="Seconds to wait for another apply on the same root.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one result per artifact as JSON (reconciler/schemas/apply.schema.json); progress goes to stderr.")
 @click.pass_obj
-def apply(obj, plan_file, keep_going, jobs, wait):
+def apply(obj, plan_file, keep_going, jobs, wait, as_json):
     """Converge storage to the lock, idempotently."""
     from ..apply import apply as run_apply
     from ..plan import Plan
+    from .progress import CliReporter
     lock, root = obj.load()
     saved = None
     if plan_file:
@@ -117,12 +73,23 @@ def apply(obj, plan_file, keep_going, jobs, wait):
             saved = Plan.from_json(json.loads(Path(plan_file).read_text()))
         except (ValueError, KeyError, TypeError) as e:
             raise LockError(f"not a saved plan: {e}", where=plan_file, fix="use a file from `plan --out`") from None
-    reporter = CliReporter()
+    reporter = CliReporter(to_stderr=as_json)
     try:
         result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,
                            wait=wait)
-    finally:
-        reporter.close()
+    except KeyboardInterrupt:
+        reporter.close(ok=False)
+        raise Interrupted(reporter.left()) from None
+    reporter.close(ok=result.ok)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        sys.exit(0 if result.ok else 1)
+    _render_apply(lock, result)
+    sys.exit(0 if result.ok else 1)
+
+
+def _render_apply(lock, result) -> None:
+    """The human end of apply: errors, the summary, what was skipped and why."""
     if not result.plan.pending():
         click.echo("Nothing to do: storage matches the lock.")
     for err in result.failed.values():
@@ -137,18 +104,22 @@ def apply(obj, plan_file, keep_going, jobs, wait):
                    "(--keep-going runs everything that does not depend on it)")
     if result.done and any(lock.artifacts[p].sha256 is None for p in result.done):
         click.echo("Some outputs are unpinned: run `reconcile lock` to pin them.")
-    sys.exit(0 if result.ok else 1)
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_artifacts)
 @click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (reconciler/schemas/check.schema.json).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only what failed (nothing when the gate passes).")
 @click.option("--attest", "attest_file", type=click.Path(dir_okay=False),
               help="Also write an attestation record for the training run to FILE (written even on failure).")
 @click.pass_obj
-def check(obj, targets, deep, as_json, attest_file):
-    """Verify storage against the lock: the pre-training gate (exit 1 on any drift)."""
+def check(obj, targets, deep, as_json, quiet, attest_file):
+    """Verify storage against the lock: the pre-training gate (exit 1 on any drift).
+
+    TARGETS are artifact paths, folder prefixes or globs (quote globs); none means every artifact.
+    """
     from ..verify import check as run_check
     lock, root = obj.load()
     report = run_check(lock, root, list(targets), deep=deep)
@@ -158,16 +129,37 @@ def check(obj, targets, deep, as_json, attest_file):
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
+        render_check(report, quiet)
+    sys.exit(0 if report.ok else 1)
+
+
+def render_check(report, quiet: bool = False) -> None:
+    """Every verdict, the count line, then the list of what failed (only that list with --quiet)."""
+    bad = [a for a in report.artifacts if a.status != "ok"]
+    if not quiet:
         for a in report.artifacts:
             colour = "green" if a.status == "ok" else "red"
             passed = [c["check"] for c in a.checks if c["ok"]]
             extra = f"; checks passed: {', '.join(passed)}" if passed and a.status == "ok" else ""
             click.echo(f"  {click.style(a.status.ljust(10), fg=colour)}  {a.path}  {a.detail}{extra}")
-        bad = sum(a.status != "ok" for a in report.artifacts)
-        tier = "deep" if deep else "fast"
-        click.echo(f"Check ({tier}): {len(report.artifacts) - bad} ok, {bad} not ok; "
+        tier = "deep" if report.deep else "fast"
+        click.echo(f"Check ({tier}): {len(report.artifacts) - len(bad)} ok, {len(bad)} not ok; "
                    f"{report.hashed} file(s) hashed.")
-    sys.exit(0 if report.ok else 1)
+    if bad:
+        click.secho(f"Failed ({len(bad)}):", fg="red")
+        for a in bad:
+            click.echo(f"  {a.status:<10}  {a.path}")
+        fixes = sorted({_fix_of(a) for a in bad})
+        for f in fixes:
+            click.echo(f"fix: {f}")
+
+
+def _fix_of(a) -> str:
+    """The one command that repairs a verdict (the detail line carries the specifics)."""
+    return {"missing": "reconcile apply", "drifted": "reconcile apply",
+            "stale": "reconcile apply && reconcile lock", "unpinned": "reconcile lock (after reconcile apply)",
+            "wrong_type": "move away what sits at the artifact's path, then reconcile apply",
+            }.get(a.status, "see each artifact's failed check above; repair the inputs, then reconcile apply")
 
 
 @click.command("lock")
