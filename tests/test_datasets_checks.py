@@ -146,6 +146,6 @@ def test_schema_check_in_parallel_names_the_global_line(tmp_path, ds_root, ds_cc
     monkeypatch.setattr(checks.os, "cpu_count", lambda: 2)  # 8 byte ranges, 2 processes
     n = ds_cc_jsonl[1]["train"]["rows_written"]
     assert run_check("jsonl_schema", tmp_path, rel, {"schema": ds_schemas["codecontests"]}).startswith(f"{n} rows")
-    edit_line(tmp_path / rel, 41, lambda r: r["metadata"].update(difficulty=-1))
-    with pytest.raises(CheckFailed, match=r"^line 41: field metadata/difficulty: -1 is less than the minimum of 0"):
+    edit_line(tmp_path / rel, 41, lambda r: r["metadata"].update(difficulty=-2))
+    with pytest.raises(CheckFailed, match=r"^line 41: field metadata/difficulty: -2 is less than the minimum of -1"):
         run_check("jsonl_schema", tmp_path, rel, {"schema": ds_schemas["codecontests"]})

@@ -37,18 +37,17 @@ def expected_codecontests(parquet, sp, max_tokens):
         block = "\n\n".join(f"Input:\n{i.rstrip(chr(13) + chr(10))}\nOutput:\n{o.rstrip(chr(13) + chr(10))}"
                             for i, o in pairs)
         for label, col in (("correct", "solutions"), ("incorrect", "incorrect_solutions")):
-            k = 0
-            for lang, sol in zip(r[col]["language"], r[col]["solution"]):
+            for k, (lang, sol) in enumerate(zip(r[col]["language"], r[col]["solution"])):
                 if lang not in (1, 3):
                     continue
-                task_id, k = f"{r['name']}_{label}_{k}", k + 1
+                task_id = f"{r['name']}_{label}_{k}"  # v1: k indexes the full list, all languages
                 if ntok(sp, r["description"]) + ntok(sp, block) + ntok(sp, sol) > max_tokens or not sol.strip():
                     continue
                 out.append({"instruction": r["description"], "input": block, "output": sol, "task_id": task_id,
                             "is_correct": label == "correct",
                             "metadata": {"difficulty": r["difficulty"], "has_tests": bool(pairs),
                                          "language": "python2" if lang == 1 else "python3",
-                                         "source": SOURCES[r["source"]]}})
+                                         "source": "code_contests", "contest_site": SOURCES[r["source"]]}})
     return out
 
 
@@ -82,17 +81,22 @@ def test_codecontests_edge_rows(tmp_path, ds_tokenizer):
     rows = [{"name": "1_A. Edge", "description": "Add numbers ≤ 10.", "source": 2, "difficulty": 7,
              "public_tests": {"input": ["1 2\n"], "output": ["3\n"]}, "solutions": sols,
              "incorrect_solutions": {"language": [0, 3], "solution": ["?", "print(0)"]}},
-            {"name": "2_B. Blank", "description": "  ", "solutions": {"language": [3], "solution": ["x=1"]}}]
+            {"name": "2_B. Blank", "description": "  ", "solutions": {"language": [3], "solution": ["x=1"]}},
+            {"name": "3_C. NoDifficulty", "description": "d", "difficulty": None, "solutions": {"language": [3], "solution": ["x=1"]}}]
     parquet = write_codecontests_rows(tmp_path / "edge.parquet", rows)
     info = build(to_alpaca, {"data": parquet, "tokenizer": ds_tokenizer}, {"dataset": "codecontests"},
                  tmp_path / "edge.jsonl")
     out = read_jsonl(tmp_path / "edge.jsonl")
-    # k counts Python solutions after the language filter: the blank one (k=1) leaves a gap.
+    # v1 numbering: k is the index in the full (all-language) list, so C++ / Java / blank leave gaps.
     assert [(r["task_id"], r["metadata"]["language"]) for r in out] == [
-        ("1_A. Edge_correct_0", "python2"), ("1_A. Edge_correct_2", "python3"),
-        ("1_A. Edge_correct_3", "python3"), ("1_A. Edge_incorrect_0", "python3")]
-    assert [r["is_correct"] for r in out] == [True, True, True, False]
-    assert out[0]["metadata"] == {"difficulty": 7, "has_tests": True, "language": "python2", "source": "codeforces"}
+        ("1_A. Edge_correct_1", "python2"), ("1_A. Edge_correct_4", "python3"),
+        ("1_A. Edge_correct_5", "python3"), ("1_A. Edge_incorrect_1", "python3"),
+        ("3_C. NoDifficulty_correct_0", "python3")]
+    assert [r["is_correct"] for r in out] == [True, True, True, False, True]
+    assert out[-1]["metadata"]["difficulty"] == -1  # v1: -1 when upstream has no difficulty
+    # v1 metadata: source is the dataset, the raw difficulty enum; the contest site has its own key.
+    assert out[0]["metadata"] == {"difficulty": 7, "has_tests": True, "language": "python2",
+                                  "source": "code_contests", "contest_site": "codeforces"}
     assert out[0]["input"] == "Input:\n1 2\nOutput:\n3" and out[0]["instruction"] == "Add numbers ≤ 10."
     assert info["rows_dropped"] == {"too_long": 0, "wrong_language": 3, "empty": 2}
     assert "≤" in (tmp_path / "edge.jsonl").read_text(encoding="utf-8")  # ensure_ascii=False

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -29,6 +30,10 @@ _META = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=Tr
 # deepmind/code_contests `source` enum (contest_problem.proto); other values keep their number.
 CC_SOURCES = {0: "unknown", 1: "codechef", 2: "codeforces", 3: "hackerearth", 4: "codejam",
               5: "atcoder", 6: "aizu"}
+# The v1 scripts' metadata (the baseline earlier results were computed on): the dataset name as
+# `source`, the raw difficulty enum with -1 when absent. The contest site goes to `contest_site`.
+V1_SOURCE = "code_contests"
+V1_NO_DIFFICULTY = -1
 CC_LANGUAGES = {1: "python2", 3: "python3"}  # PYTHON is Python 2; PYTHON3 is Python 3
 CC_PUBLIC_TESTS = 2  # at most this many example blocks in `input`
 PREFETCH = 1  # batches tokenized ahead of the one being written: overlap with bounded memory
@@ -172,14 +177,18 @@ class Converter:
                   "entry_point": e} for t, e in zip(tests, entry)]
         return self._simple(prompts, sols, ids, metas)
 
-    def _python_solutions(self, b: Batch, column: str) -> tuple[list[int], list[int], list[str], int]:
-        """(rows, languages, texts, non-Python count) of a solutions column's Python 2/3 entries."""
+    def _python_solutions(self, b: Batch, column: str) -> tuple[list[int], list[int], list[str], int, list[int]]:
+        """(rows, languages, texts, non-Python count, index in the row's full list) of the Python 2/3 entries."""
         langs_l, sols_l = struct_lists(b.col(column), ("language", "solution"), b.path, column)
         langs = pc.fill_null(langs_l.flatten(), 0)
-        mask = pc.is_in(langs, value_set=pa.array(sorted(CC_LANGUAGES), langs.type))
-        rows = list_parents(langs_l)[mask.to_numpy(zero_copy_only=False)].tolist()
-        texts = b.strings(sols_l.flatten().filter(mask), f"{column}.solution", row_of=lambda i: rows[i])
-        return rows, langs.filter(mask).to_pylist(), texts, len(langs) - len(rows)
+        mask = pc.is_in(langs, value_set=pa.array(sorted(CC_LANGUAGES), langs.type)).to_numpy(zero_copy_only=False)
+        parents = list_parents(langs_l)
+        # Position of each value inside its own row's list (all languages): the v1 scripts' k.
+        starts = np.concatenate(([0], np.cumsum(np.bincount(parents, minlength=len(langs_l)))[:-1]))
+        positions = (np.arange(len(parents)) - starts[parents])[mask].tolist()
+        rows = parents[mask].tolist()
+        texts = b.strings(sols_l.flatten().filter(pa.array(mask)), f"{column}.solution", row_of=lambda i: rows[i])
+        return rows, langs.filter(pa.array(mask)).to_pylist(), texts, len(langs) - len(rows), positions
 
     def _codecontests(self, b: Batch) -> Prepared:
         names = b.required(b.strings(b.col("name"), "name"), "name")
@@ -194,8 +203,9 @@ class Converter:
         counts = self.counter.counts([*descs, *blocks, *good[2], *bad[2]])
         sources, diffs = b.col("source").to_pylist(), b.col("difficulty").to_pylist()
         tails = [{(flag, lang): f',"is_correct":{flag},"metadata":' + _META.encode(
-                    {"difficulty": diffs[i] or 0, "has_tests": bool(blocks[i]), "language": lang_name,
-                     "source": source_name(sources[i])}) + "}\n"
+                    {"contest_site": source_name(sources[i]), "has_tests": bool(blocks[i]), "language": lang_name,
+                     "difficulty": V1_NO_DIFFICULTY if diffs[i] is None else diffs[i],
+                     "source": V1_SOURCE}) + "}\n"
                   for flag in ("true", "false") for lang, lang_name in CC_LANGUAGES.items()} for i in range(n)]
         entries: list[list[tuple[str, str, str, int]]] = [[] for _ in range(n)]
         _solution_entries(entries, names, tails, "correct", good, counts[2 * n:2 * n + len(good[0])])
@@ -207,14 +217,12 @@ class Converter:
 def _solution_entries(entries, names, tails, label, solutions, counts) -> None:
     """Append one problem's candidate rows for its Python solutions of one label, in order.
 
-    k numbers a problem's Python solutions of one label from 0 in source order, counted after the
-    language filter and BEFORE the empty/token filters, so a task_id names the same solution
-    whatever max_tokens is.
+    k is the solution's index in the problem's full list of that label (every language), as the
+    v1 scripts numbered it: ids have gaps where non-Python solutions sit, and a task_id names the
+    same solution whatever the filters (language, empty, max_tokens) drop.
     """
-    rows, langs, texts, _ = solutions
+    rows, langs, texts, _, positions = solutions
     flag = "true" if label == "correct" else "false"
-    k, prev = 0, -1
     for j, row in enumerate(rows):
-        k = 0 if row != prev else k + 1
-        prev = row
-        entries[row].append((texts[j], _str(f"{names[row]}_{label}_{k}"), tails[row][(flag, langs[j])], counts[j]))
+        entries[row].append((texts[j], _str(f"{names[row]}_{label}_{positions[j]}"), tails[row][(flag, langs[j])],
+                             counts[j]))

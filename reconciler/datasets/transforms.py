@@ -20,7 +20,7 @@ DATASETS = ("codecontests", "mbpp", "humaneval")
 DEFAULT_MAX_TOKENS = 2048
 
 
-@transform("to_alpaca", "1", inputs={"data": "file", "tokenizer": "file"},
+@transform("to_alpaca", "2", inputs={"data": "file", "tokenizer": "file"},
            params_schema={"type": "object", "additionalProperties": False, "required": ["dataset"],
                           "properties": {"dataset": {"enum": list(DATASETS)},
                                          "max_tokens": {"type": "integer", "minimum": 1}}})
@@ -54,7 +54,7 @@ def load_schema(dataset: str) -> dict:
                              fix="reinstall reconcile: the wheel ships reconciler/schemas/") from None
 
 
-@transform("alpaca_schema", "1", inputs={},
+@transform("alpaca_schema", "2", inputs={},
            params_schema={"type": "object", "additionalProperties": False, "required": ["dataset"],
                           "properties": {"dataset": {"enum": list(DATASETS)}}})
 def alpaca_schema(inputs, params, out):
