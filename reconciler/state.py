@@ -1,10 +1,12 @@
 """Observe the disk: what each artifact is now, through a stat cache; provenance records.
 
-Observation never writes artifacts; it only records hashes it computed in the stat cache
-(`<root>/.reconcile/cache.sqlite`), keyed like DVC's by (device, inode, size, mtime_ns)
-plus ctime_ns, which no user-level tool can set back, so an edited file never matches a
-stale entry. Provenance is one JSON file per artifact (`.reconcile/provenance/`), written
-atomically, so concurrent applies never lose each other's records.
+Observation never writes artifacts; it only records hashes it computed in the stat cache, keyed
+like DVC's by (device, inode, size, mtime_ns) plus ctime_ns, which no user-level tool can set
+back, so an edited file never matches a stale entry. Every hash `plan`, `check` or `apply`
+computes is remembered, so the second `check` of any storage (copied, rsync'ed, pulled by
+another tool) hashes nothing. Where the cache lives: `stat_cache_path`. Provenance is one JSON
+file per artifact (`.reconcile/provenance/`), written atomically, so concurrent applies never
+lose each other's records.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,58 @@ from .hashing import sha256_file, tree_sha256
 from .lockfile import STATE_DIR
 from .publish import TMP_PREFIX, write_bytes_atomic
 from .spec import Artifact, Lock, Observed
+
+# Filesystems where sqlite's locking is unreliable (and every lookup a network round trip): the
+# stat cache of a root on one of these lives on the node instead (`stat_cache_path`).
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "glusterfs",
+                        "beegfs", "afs", "ocfs2", "gfs2", "orangefs", "pvfs2", "panfs", "wekafs", "9p",
+                        "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+                        "fuse.ceph", "fuse.juicefs", "fuse.beegfs"})
+
+
+def _fs_type(path: Path) -> str | None:
+    """The filesystem type of the mount holding `path` (from /proc/self/mountinfo), or None."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    real, best, fstype = os.path.realpath(path), "", None
+    for line in lines:
+        head, _, tail = line.partition(" - ")
+        fields = head.split()
+        if len(fields) < 5 or not tail:
+            continue
+        mnt = fields[4].replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, tail.split()[0]
+    return fstype
+
+
+def node_state_dir() -> Path:
+    """The node-local state folder: `RECONCILE_STATE_DIR`, else `$XDG_CACHE_HOME/reconcile` (~/.cache)."""
+    env = os.environ.get("RECONCILE_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "reconcile"
+
+
+def stat_cache_path(root: Path) -> Path:
+    """Where the stat cache of `root` lives.
+
+    `<root>/.reconcile/cache.sqlite` when the root is writable and on a local filesystem (the
+    cache travels and is removed with the storage), unless `RECONCILE_STATE_DIR` is set. When the
+    root is read-only, on a network filesystem (sqlite locking is unreliable there, and shared by
+    every node), or `RECONCILE_STATE_DIR` is set, it is node-local:
+    `<node_state_dir()>/roots/<sha256 of the root's real path, 24 hex>/cache.sqlite`.
+    """
+    state = root / STATE_DIR
+    if not os.environ.get("RECONCILE_STATE_DIR"):
+        probe = state if state.is_dir() else root
+        if os.access(probe, os.W_OK) and _fs_type(probe) not in NETWORK_FS:
+            return state / "cache.sqlite"
+    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:24]
+    return node_state_dir() / "roots" / key / "cache.sqlite"
 
 
 class StatCache:
@@ -39,21 +94,31 @@ class StatCache:
     FLUSH_SECONDS = 2.0
 
     def __init__(self, root: Path):
-        self.path = root / STATE_DIR / "cache.sqlite"
+        self.root = root
+        self.path: Path | None = None  # chosen when first needed (an apply creates the state folder first)
         self._local = threading.local()
         self.hashed: list[str] = []  # paths hashed (not served from the cache) by this process
         self._lock = threading.Lock()
         self._stat_rows: dict[str, tuple[str, str]] = {}  # rel -> (stat key, sha256), not yet written
         self._check_rows: dict[str, str] = {}  # check key -> detail, not yet written
         self._since = 0.0  # monotonic time of the oldest unwritten row
+        self._known: dict[str, tuple[str, str]] | None = None  # the stat table, once `preload`ed
 
-    def _db(self) -> sqlite3.Connection | None:
+    def _db(self, create: bool = False) -> sqlite3.Connection | None:
+        """This thread's connection; None when there is no cache yet (and not `create`) or it is unusable."""
         db = getattr(self._local, "db", None)
         if db is None:
-            if not self.path.parent.is_dir():
-                return None  # observing must not create state; apply creates the folder
+            path = self.path or stat_cache_path(self.root)
+            if not path.is_file():
+                if not create:
+                    return None  # lookups never create anything; a flush with rows does
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    return None
+            self.path = path
             try:
-                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db = sqlite3.connect(path, timeout=30, isolation_level=None)
                 db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, key TEXT, sha256 TEXT)")
                 db.execute("CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, detail TEXT)")
             except sqlite3.Error:
@@ -80,12 +145,28 @@ class StatCache:
             self.remember(rel, key, sha)
         return sha
 
+    def preload(self) -> None:
+        """Read the whole stat table in one query: observing many files then costs no query per file."""
+        db = self._db()
+        try:
+            rows = db.execute("SELECT path, key, sha256 FROM stat").fetchall() if db else []
+        except sqlite3.Error:
+            rows = []
+        self._known = {p: (k, s) for p, k, s in rows}
+
+    def cached_sha256(self, rel: str, st: os.stat_result) -> str | None:
+        """The remembered sha256 of a file whose stat is `st`, or None (not known, or changed since)."""
+        row = self._cached(rel)
+        return row[1] if row and row[0] == self._key(st) else None
+
     def _cached(self, rel: str) -> tuple[str, str] | None:
         """(stat key, sha256) last recorded for a path: this process's unwritten rows first."""
         with self._lock:
             row = self._stat_rows.get(rel)
         if row is not None:
             return row
+        if self._known is not None:
+            return self._known.get(rel)
         db = self._db()
         try:
             return db.execute("SELECT key, sha256 FROM stat WHERE path=?", (rel,)).fetchone() if db else None
@@ -135,9 +216,11 @@ class StatCache:
         with self._lock:
             stat_rows, self._stat_rows = self._stat_rows, {}
             check_rows, self._check_rows = self._check_rows, {}
+            if self._known is not None:
+                self._known.update(stat_rows)  # still served to this process, written or not
         if not stat_rows and not check_rows:
             return
-        db = self._db()
+        db = self._db(create=True)
         if db is None:
             return
         try:
@@ -173,38 +256,61 @@ def write_provenance(root: Path, rel: str, record: dict) -> None:
     write_bytes_atomic(provenance_path(root, rel), data, where=rel)
 
 
+def _prov_fields(root: Path, rel: str) -> dict:
+    prov = read_provenance(root, rel)
+    return {"prov_recipe": (prov or {}).get("recipe_hash"), "prov_sha256": (prov or {}).get("sha256"), "prov": prov}
+
+
+def _observe_known(a: Artifact, root: Path, cache: StatCache) -> Observed | None:
+    """A file artifact whose stat matches a remembered hash (no hashing, no thread); else None."""
+    try:
+        st = os.lstat(root / a.path)
+    except OSError:
+        return None
+    sha = cache.cached_sha256(a.path, st) if stat.S_ISREG(st.st_mode) else None
+    return None if sha is None else Observed(a.path, "file", st.st_size, sha, None, **_prov_fields(root, a.path))
+
+
 def _observe_one(a: Artifact, root: Path, cache: StatCache, deep: bool) -> Observed:
     full = root / a.path
-    prov = read_provenance(root, a.path)
-    pr = (prov or {}).get("recipe_hash"), (prov or {}).get("sha256")
+    pf = _prov_fields(root, a.path)
     if a.is_dir:
         if not full.exists():
-            return Observed(a.path, "missing", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
+            return Observed(a.path, "missing", **pf)
         if not full.is_dir() or full.is_symlink():
-            return Observed(a.path, "wrong_type", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
-        names = a.files or (prov or {}).get("members") or {}
+            return Observed(a.path, "wrong_type", **pf)
+        names = a.files or (pf["prov"] or {}).get("members") or {}
         members = {n: cache.sha256(f"{a.path}/{n}", full / n, deep) for n in sorted(names) if (full / n).is_file()}
         complete = bool(names) and len(members) == len(names)
-        return Observed(a.path, "dir", None, tree_sha256(members) if complete else None, members,
-                        pr[0], pr[1], prov)
+        return Observed(a.path, "dir", None, tree_sha256(members) if complete else None, members, **pf)
     if full.is_symlink() or (full.exists() and not full.is_file()):
-        return Observed(a.path, "wrong_type", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
+        return Observed(a.path, "wrong_type", **pf)
     if not full.exists():
-        return Observed(a.path, "missing", prov_recipe=pr[0], prov_sha256=pr[1], prov=prov)
-    return Observed(a.path, "file", full.stat().st_size, cache.sha256(a.path, full, deep), None, pr[0], pr[1], prov)
+        return Observed(a.path, "missing", **pf)
+    return Observed(a.path, "file", full.stat().st_size, cache.sha256(a.path, full, deep), None, **pf)
 
 
 def observe(lock: Lock, root: Path, cache: StatCache, *, deep: bool = False,
             paths: list[str] | None = None) -> dict[str, Observed]:
-    """Observe artifacts (all, or `paths`), hashing on every core; the cache spares unchanged files."""
+    """Observe artifacts (all, or `paths`): remembered files first, one stat each on this thread;
+    the rest hashed on every core. The cache spares unchanged files."""
     wanted = [lock.artifacts[p] for p in (paths if paths is not None else lock.artifacts)]
-    workers = max(1, min(len(wanted), os.cpu_count() or 1))
+    found: dict[str, Observed] = {}
+    if not deep:
+        if len(wanted) > 16:
+            cache.preload()  # one query instead of one per file
+        for a in wanted:
+            if not a.is_dir and (o := _observe_known(a, root, cache)) is not None:
+                found[a.path] = o
+    rest = [a for a in wanted if a.path not in found]
     try:
-        with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: one file per core
-            found = list(pool.map(lambda a: _observe_one(a, root, cache, deep), wanted))
+        if rest:
+            with ThreadPoolExecutor(max(1, min(len(rest), os.cpu_count() or 1))) as pool:
+                # hashlib releases the GIL: one file per core
+                found.update((o.path, o) for o in pool.map(lambda a: _observe_one(a, root, cache, deep), rest))
     finally:
         cache.flush()  # the hashes just computed, in one transaction
-    return {o.path: o for o in found}
+    return {a.path: found[a.path] for a in wanted}
 
 
 def untracked(lock: Lock, root: Path) -> list[str]:

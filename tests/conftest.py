@@ -22,7 +22,10 @@ os.environ.update({
     # Until the hub fixture starts, any accidental call goes to a closed local port, not the internet.
     "HF_ENDPOINT": "http://127.0.0.1:9",
     "TOKENIZERS_PARALLELISM": "false",
+    # Node-local state (stat caches of read-only or network roots) stays inside the test session.
+    "XDG_CACHE_HOME": os.path.join(_HF_HOME, "xdg-cache"),
 })
+os.environ.pop("RECONCILE_STATE_DIR", None)
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream"
 
