@@ -186,6 +186,7 @@ class _Run:
     cache: StatCache
     reporter: Reporter
     commits: dict[str, str] = field(default_factory=dict)  # source name -> resolved commit
+    connections: int = 1  # connections per large download (parallel Range requests)
 
     def source_at_commit(self, name: str) -> tuple[Source, str]:
         """The source pinned to a commit for this run (branches resolved once per run)."""
@@ -217,7 +218,8 @@ def _fetch_file(run: _Run, a: Artifact) -> Produced:
     started = time.monotonic()
     with staged(final, where=a.path) as out:
         remote = hf.fetch_file(src, a.fetch.path, out, expected_sha256=a.sha256, expected_size=a.size,
-                               partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance)
+                               partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
+                               connections=run.connections)
         size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256, expected_size=a.size,
                            mismatch_fix="re-run apply; if upstream really changed, update the pin in the lock")
     run.cache.remember_file(a.path, final, sha)
@@ -248,7 +250,8 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
             return name, exp_sha
         with staged(final, where=f"{a.path}/{name}") as out:
             hf.fetch_file(src, posixpath.join(base, name), out, expected_sha256=exp_sha, expected_size=exp_size,
-                          partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance)
+                          partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
+                          connections=run.connections)
             size, sha = commit(out, final, where=f"{a.path}/{name}", expected_sha256=exp_sha, expected_size=exp_size)
         run.cache.remember_file(f"{a.path}/{name}", final, sha)
         return name, sha
@@ -313,24 +316,26 @@ def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> Prod
 
 def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: Reporter | None = None,
           saved_plan: Plan | None = None, keep_going: bool = False, jobs: int = 4,
-          wait: float = 0.0) -> ApplyResult:
-    """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order)."""
+          wait: float = 0.0, connections: int = 4) -> ApplyResult:
+    """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order).
+
+    `jobs` files download at once; each large one over `connections` connections (Range requests)."""
     cache = cache or StatCache(root)
     try:
-        return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait)
+        return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait, connections)
     finally:
         cache.flush()  # hashes of what was published, however the run ended
 
 
 def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_plan: Plan | None,
-           keep_going: bool, jobs: int, wait: float) -> ApplyResult:
+           keep_going: bool, jobs: int, wait: float, connections: int) -> ApplyResult:
     """`apply` itself, under the root lock; the caller flushes the stat cache however it ends."""
     check_root_containment(lock, root)
     with RootLock(root, wait):
         plan = plan_for(lock, root, cache)
         if saved_plan is not None:
             refuse_stale(saved_plan, plan)
-        run = _Run(lock, root, cache, reporter)
+        run = _Run(lock, root, cache, reporter, connections=connections)
         result = ApplyResult(plan)
         sha_of = {x.path: x.found_sha256 for x in plan.actions if x.action == "ok"}
         stop = _Stopper(keep_going)

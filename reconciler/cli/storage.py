@@ -56,12 +56,14 @@ def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
               help="Apply a plan saved by `plan --out` (refused if the lock or storage changed since).")
 @click.option("--keep-going", is_flag=True, help="On a failure, skip only what depends on it.")
 @click.option("--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
+@click.option("--connections", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Connections per large download (parallel Range requests, files of 32 MiB or more).")
 @click.option("--wait", default=0.0, show_default=True, type=float,
               help="Seconds to wait for another apply on the same root.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one result per artifact as JSON (reconciler/schemas/apply.schema.json); progress goes to stderr.")
 @click.pass_obj
-def apply(obj, plan_file, keep_going, jobs, wait, as_json):
+def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections):
     """Converge storage to the lock, idempotently."""
     from ..apply import apply as run_apply
     from ..plan import Plan
@@ -76,7 +78,7 @@ def apply(obj, plan_file, keep_going, jobs, wait, as_json):
     reporter = CliReporter(to_stderr=as_json)
     try:
         result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,
-                           wait=wait)
+                           wait=wait, connections=connections)
     except KeyboardInterrupt:
         reporter.close(ok=False)
         raise Interrupted(reporter.left()) from None

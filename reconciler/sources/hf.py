@@ -22,7 +22,8 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -44,6 +45,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from ..errors import IntegrityError, ReconcileError, ResourceError, SourceError
 from ..publish import HashingWriter, Output
 from ..spec import Source
+from . import ranged
 
 T = TypeVar("T")
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -97,7 +99,7 @@ def _transient(err: Exception) -> bool:
     if isinstance(err, HfHubHTTPError):
         status = err.response.status_code if err.response is not None else 0
         return status >= 500 or status in (408, 429)
-    return isinstance(err, (httpx2.TransportError, _Incomplete))
+    return isinstance(err, (httpx2.TransportError, _Incomplete, ranged.ShortRange))
 
 
 def _as_source_error(err: Exception, source: Source, where: str, path: str | None, token: str | None) -> ReconcileError:
@@ -163,7 +165,8 @@ def _call(source: Source, where: str, path: str | None, attempt: Callable[[str |
     token = get_token()
     try:
         return _retrying(lambda: attempt(token), progress)
-    except (HfHubHTTPError, httpx2.HTTPError, _Incomplete, OfflineModeIsEnabled) as err:
+    except (HfHubHTTPError, httpx2.HTTPError, _Incomplete, ranged.ShortRange, ranged.RangeNotHonoured,
+            OfflineModeIsEnabled) as err:
         raise _as_source_error(err, source, where, path, token) from None
 
 
@@ -279,6 +282,13 @@ class _Assembly:
             return 0
         return self._hand_over()
 
+    def write_block(self, block: bytearray) -> int:
+        """Append a large block as it is (no copy into the batch); returns the bytes handed over."""
+        handed = self._hand_over() if self._batch else 0
+        self._batch = block
+        self.size += len(block)
+        return handed + self._hand_over()
+
     def _hand_over(self) -> int:
         if self._error is not None:
             raise self._error
@@ -351,6 +361,48 @@ def _widen_reads() -> None:
         cls.READ_NUM_BYTES = _RECV_BYTES
 
 
+@contextmanager
+def _get(url: str, headers: dict[str, str]) -> Iterator[tuple[object, Iterator[bytes]]]:
+    """One streamed GET with the hub client's session: (response checked for errors, body chunks)."""
+    _widen_reads()
+    timeout = _env_float("RECONCILE_HTTP_TIMEOUT", 30.0)
+    with get_session().stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as r:
+        hf_raise_for_status(r)
+        yield r, r.iter_bytes()
+
+
+def _ranges_into(asm: _Assembly, url: str, token: str | None, size: int, connections: int,
+                 progress: Callable[[int], None] | None) -> None:
+    """The rest of the file as parallel Range requests on `connections` connections, written in order."""
+    headers = build_hf_headers(token=token or False)
+    headers["Accept-Encoding"] = "identity"
+
+    def write(block: bytearray) -> None:
+        handed = asm.write_block(block)
+        if handed and progress is not None:
+            progress(handed)
+
+    try:
+        ranged.assemble(lambda a, b: ranged.download_range(_get, url, headers, a, b), write, asm.size, size,
+                        connections)
+    finally:
+        handed = asm.sync()
+        if handed and progress is not None:
+            progress(handed)
+
+
+def _download(asm: _Assembly, url: str, token: str | None, size: int, connections: int,
+              progress: Callable[[int], None] | None) -> None:
+    """The rest of the file: in parallel ranges when large and allowed, else (or when the server
+    does not honour ranges) one stream."""
+    if connections > 1 and size - asm.size >= ranged.MIN_PARALLEL:
+        try:
+            return _ranges_into(asm, url, token, size, connections, progress)
+        except ranged.RangeNotHonoured:
+            pass  # e.g. a proxy that answers 200 with the whole body: one stream from where we are
+    _stream_into(asm, url, token, size, progress)
+
+
 def _stream_into(asm: _Assembly, url: str, token: str | None, size: int,
                  progress: Callable[[int], None] | None) -> None:
     """One GET of the rest of the file (a Range from the bytes already assembled)."""
@@ -384,8 +436,12 @@ def _stream_into(asm: _Assembly, url: str, token: str | None, size: int,
 
 
 def fetch_file(source: Source, path: str, out: Output, *, expected_sha256: str | None, expected_size: int | None,
-               partial_dir: Path, progress: Callable[[int], None] | None = None) -> RemoteFile:
+               partial_dir: Path, progress: Callable[[int], None] | None = None,
+               connections: int = 1) -> RemoteFile:
     """Download `path` from the source into `out`, verified; returns what was fetched (sha256 = observed).
+
+    With `connections` > 1, a file of at least `ranged.MIN_PARALLEL` bytes is fetched as parallel
+    Range requests on that many connections (still written and hashed in order; see `ranged`).
 
     Resumes from `partial_dir/<key>` left by an earlier failed run (a Range request for the rest), retries
     transient failures within the call (each retry resuming), and hashes while writing, so the engine's
@@ -411,7 +467,8 @@ def fetch_file(source: Source, path: str, out: Output, *, expected_sha256: str |
             progress(asm.size)
         try:
             if asm.size < head.size:  # a complete partial (a run killed before verifying) needs no GET
-                _call(source, where, path, lambda token: _stream_into(asm, url, token, head.size, progress),
+                _call(source, where, path,
+                      lambda token: _download(asm, url, token, head.size, connections, progress),
                       progress=lambda: asm.size)
         except BaseException:
             asm.close(keep=True)

@@ -21,10 +21,14 @@ class LocalHub:
 
     Use as a context manager (`with LocalHub(store) as hub: hub.url`) or call start()/stop().
     Tests arm faults with fail/cut/corrupt/stall and read `log()` / `requests()`.
+    `rate_per_connection` (bytes/s) caps how fast each connection sends a file body, so loopback
+    behaves like a WAN link where one stream cannot fill the pipe.
     """
 
-    def __init__(self, store: str | Path, *, host: str = "127.0.0.1", port: int = 0, quiet: bool = True):
+    def __init__(self, store: str | Path, *, host: str = "127.0.0.1", port: int = 0, quiet: bool = True,
+                 rate_per_connection: float | None = None):
         self.store = Store(store)
+        self.rate = rate_per_connection  # bytes/s each connection may send a file body at (a WAN stand-in)
         self.board = FaultBoard()
         self._addr = (host, port)
         self._quiet = quiet
@@ -41,7 +45,7 @@ class LocalHub:
 
     def start(self) -> LocalHub:
         """Bind the port (0 = a free one) and serve in a daemon thread."""
-        self._server = HubServer(self._addr, self.store, self.board, self._quiet)
+        self._server = HubServer(self._addr, self.store, self.board, self._quiet, self.rate)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="reconcile-local-hub", daemon=True)
         self._thread.start()

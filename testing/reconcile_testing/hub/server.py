@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .repo import Revision, Store, info_json, tree_json
 
 _CHUNK = 1024 * 1024
+_PACE_SLICE = 256 * 1024  # bytes per paced sendfile: ~5 ms at 50 MB/s, smooth enough for a WAN stand-in
 
 
 # -- fault injection and the request log (set from tests at run time) -------------------------------
@@ -314,9 +315,26 @@ class _Handler(BaseHTTPRequestHandler):
         stall = board.take("stall", "GET", self._file, lambda f: f.after < stop)
         with open(path, "rb") as f:
             if cut is None and corrupt is None and stall is None:
+                if self.server.rate:
+                    return self._send_paced(f, start, length, self.server.rate)
                 self.connection.sendfile(f, start, length)  # zero-copy: GB files never pass through Python
                 return
             self._send_faulty(f, start, length, cut, corrupt, stall)
+
+    def _send_paced(self, f, start: int, length: int, rate: float) -> None:
+        """sendfile in small slices, sleeping so this connection never runs ahead of `rate` bytes/s.
+
+        A connection serves one request at a time, so pacing each body caps each connection: N
+        connections get N x rate, like a WAN link whose per-flow throughput is bounded (by RTT and
+        window) while the path has room for more flows."""
+        sent, t0 = 0, time.monotonic()
+        while sent < length:
+            n = min(_PACE_SLICE, length - sent)
+            self.connection.sendfile(f, start + sent, n)
+            sent += n
+            ahead = sent / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _send_faulty(self, f, start: int, length: int, cut: Fault | None, corrupt: Fault | None,
                      stall: Fault | None) -> None:
@@ -345,6 +363,7 @@ class HubServer(ThreadingHTTPServer):
     daemon_threads = True  # a stalled handler must not block shutdown
     request_queue_size = 128
 
-    def __init__(self, addr, store: Store, board: FaultBoard, quiet: bool):
+    def __init__(self, addr, store: Store, board: FaultBoard, quiet: bool, rate: float | None = None):
         self.store, self.board, self.quiet = store, board, quiet
+        self.rate = rate  # bytes/s per connection for file bodies (None: as fast as loopback goes)
         super().__init__(addr, _Handler)
