@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from filelock import FileLock, Timeout
 
-from .errors import BusyError, LockError, ReconcileError, TransformError
+from .errors import BusyError, LockError, ReconcileError, TransformError, is_out_of_memory, out_of_memory
 from .hashing import sha256_json, tree_sha256
 from .lockfile import STATE_DIR, check_root_containment
 from .plan import Action, Plan, build_recipe, make_plan
@@ -280,8 +280,15 @@ def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produc
     with staged(final, where=a.path, progress=run.reporter.build_progress(x)) as out:
         try:
             info = t.fn(inputs, json.loads(json.dumps(a.build.params)), out)
-        except (ReconcileError, OSError, KeyboardInterrupt):
+        except ReconcileError:
             raise
+        except (MemoryError, OSError, RuntimeError) as e:
+            if is_out_of_memory(e):  # the machine's limit, not the input: say which limit and how to lift it
+                raise out_of_memory(f"transform {t.name}") from None
+            if isinstance(e, OSError):
+                raise
+            raise TransformError(f"transform {t.name} failed: {type(e).__name__}: {e}", where=a.path,
+                                 fix="check the inputs named above; if they are valid, report a bug") from e
         except Exception as e:  # a transform bug or unexpected input: one clear line, no traceback
             raise TransformError(f"transform {t.name} failed: {type(e).__name__}: {e}", where=a.path,
                                  fix="check the inputs named above; if they are valid, report a bug") from e

@@ -71,6 +71,37 @@ class ResourceError(ReconcileError):
     """The machine cannot do it: not enough free disk, out of space while writing."""
 
 
+def out_of_memory(what: str, nbytes: int = 0) -> ResourceError:
+    """The ResourceError for memory the machine refused (ENOMEM, MemoryError, a failed allocation).
+
+    Names the limit in force, an address-space limit (`ulimit -v`, RLIMIT_AS: SLURM jobs often run
+    under one) or the machine's RAM + swap, and the fix. Never a hint to re-download: the input is fine.
+    """
+    import resource
+
+    need = f"{nbytes:,} bytes" if nbytes else "memory"
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        return ResourceError(f"cannot allocate {need} for {what}: the address-space limit (ulimit -v, RLIMIT_AS) "
+                             f"is {soft:,} bytes", where=what,
+                             fix=f"raise the limit (e.g. `ulimit -v {(soft + max(soft, 2 * nbytes)) // 1024}` or a "
+                                 "larger job memory request) and re-run; the input files are fine")
+    return ResourceError(f"cannot allocate {need} for {what}: the machine is out of memory (RAM + swap)", where=what,
+                         fix="free memory (stop other jobs) or run on a machine with more RAM, then re-run; "
+                             "the input files are fine")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for the ways an allocation failure surfaces: MemoryError, ENOMEM, torch's allocator errors."""
+    import errno
+
+    if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "can't start new thread" in text
+                                            or "cannot allocate memory" in text)
+
+
 # The one exit-code map (used by the CLI). 2 = the lock or the command is wrong;
 # 1 = the storage or the world is wrong (drift, failed fetch/build, failed check).
 EXIT_CODES: dict[type[ReconcileError], ExitCode] = {

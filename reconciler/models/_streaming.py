@@ -1,29 +1,22 @@
-"""Shared plumbing of the checkpoint transforms: safe loading, page release, verified writing.
+"""Shared plumbing of the checkpoint transforms: opening sources, verified writing.
 
 Not a plug-in (the leading underscore keeps `load_plugins` from importing it as one).
-Memory model: a torch checkpoint is opened with `mmap=True`, so tensors are views of a
-file mapping and nothing is read until touched. Touched pages of a file mapping still count
-as the process's resident memory until unmapped, so after each tensor is written its pages
-are handed back with `madvise(MADV_DONTNEED)`: peak RSS is one tensor, not the whole file.
+Memory model: sources are read tensor by tensor with ordinary reads (`models.tensorfile`), never
+mapped, so peak RSS is about one source tensor plus one cast slice, whatever the file size, and
+the conversion works under an address-space limit (`ulimit -v`) smaller than the file.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import mmap
 import os
-import pickle
-import sys
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..errors import ReconcileError, TransformError
+from ..errors import ReconcileError, ResourceError, TransformError
 from .checkpoint_layout import LayoutError
 from .safetensors_io import SafetensorsWriter, read_header, torch_dtype
-
-_MADV_DONTNEED = 4
+from .tensorfile import TensorFile, open_tensor_file
 
 
 def read_json(path: Path, where: str) -> dict:
@@ -46,81 +39,29 @@ def layout_or_fail(fn: Callable[[Mapping], dict], cfg: Mapping, where: str) -> d
                              fix="use the params.json / config.json that ships with the checkpoint") from None
 
 
-def load_state(path: Path, where: str) -> dict:
-    """`torch.load(mmap=True, weights_only=True)` of a state dict; every failure is a TransformError.
+def open_source(path: Path, where: str) -> TensorFile:
+    """A weight file (torch zip or safetensors) opened for tensor-by-tensor reading; errors name `where`.
 
-    weights_only is never relaxed: a pickle that names any callable outside torch's tensor
-    allow-list (os.system, eval, ...) is refused before anything in it runs.
+    A corrupt or hostile file is a TransformError carrying the reader's fix; running out of
+    memory or address space stays a ResourceError (the file is fine: re-downloading would not help).
     """
-    import torch
-
     try:
-        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TransformError(f"{Path(path).name} is not a plain tensor checkpoint (refused by the "
-                             f"weights-only unpickler: {first[:300]})", where=where,
-                             fix="only load checkpoints from a trusted source; re-download the file") from None
-    except (RuntimeError, ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as e:
-        raise TransformError(f"cannot load {Path(path).name} as a torch checkpoint: "
-                             f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}",
-                             where=where, fix="re-download the file (truncated or corrupt?)") from None
-    if not isinstance(state, dict):
-        raise TransformError(f"{Path(path).name} holds a {type(state).__name__}, not a state dict", where=where)
-    for name, value in state.items():
-        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise TransformError(f"entry {name!r} of {Path(path).name} is not a named tensor", where=where)
-    return state
-
-
-class FilePages:
-    """Hands a file mapping's pages back to the kernel once a tensor has been used.
-
-    Only ranges inside a mapping of *this* file (per /proc/self/maps) are released: on any
-    other memory, MADV_DONTNEED would zero live data. No-op where madvise is unavailable.
-    """
-
-    def __init__(self, path: Path):
-        self._ranges: list[tuple[int, int]] = []
-        self._libc = None
-        if not sys.platform.startswith("linux"):
-            return
-        real = os.path.realpath(path)
-        try:
-            with open("/proc/self/maps") as f:
-                for line in f:
-                    parts = line.split(maxsplit=5)
-                    if len(parts) == 6 and parts[5].strip() == real:
-                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                        self._ranges.append((lo, hi))
-            self._libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            self._ranges = []
-
-    def release(self, tensor) -> None:
-        """Drop the resident pages behind `tensor` (re-read from the file if touched again)."""
-        nbytes = tensor.numel() * tensor.element_size()
-        if not nbytes or self._libc is None:
-            return
-        start = tensor.data_ptr()
-        lo = start - start % mmap.PAGESIZE
-        hi = start + nbytes
-        hi += -hi % mmap.PAGESIZE
-        for a, b in self._ranges:
-            if a <= lo and hi <= b:
-                self._libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED)
-                return
+        return open_tensor_file(path)
+    except ResourceError:
+        raise
+    except ReconcileError as e:
+        raise TransformError(e.message, where=where, fix=e.fix) from None
 
 
 SAMPLE_BYTES = 4096  # read back and compared per tensor at its start, middle and end
 
 
 def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], get: Callable[[str], object],
-                   done: Callable[[str, object], None], where: str) -> int:
+                   where: str) -> int:
     """Stream tensors into `out` as safetensors, verifying the layout and sampled values.
 
-    `get(name)` returns the source tensor; `done(name, tensor)` is called after it was
-    written (to release its memory). Returns the number of bytes written.
+    `get(name)` returns the source tensor (read when asked, dropped once written). Returns the
+    number of bytes written.
 
     Why the output is not re-read and re-hashed in full (it was; that doubled the hashing of a
     multi-GB file): every byte goes through `out`'s hashing writer, which hashes exactly the
@@ -137,7 +78,7 @@ def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], get: C
     with out.open() as f, open(out.path, "rb", buffering=0) as readback:
         writer = SafetensorsWriter(f, specs, digests=False)
         for name in writer.order:
-            tensor = get(name)
+            tensor = _source(get, name, where)
             if not tensor.dtype.is_floating_point:
                 raise TransformError(f"tensor {name} has dtype {tensor.dtype}, not a floating-point weight",
                                      where=where)
@@ -149,11 +90,20 @@ def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], get: C
             if hasattr(f, "flush"):
                 f.flush()
             _check_samples(readback, name, tensor, specs[name][0], writer.spans[name], where)
-            done(name, tensor)
+            del tensor  # only one source tensor resident at a time
         writer.close()
         size = f.size
     verify_layout(Path(out.path), specs, writer.spans, where)
     return size
+
+
+def _source(get: Callable[[str], object], name: str, where: str):
+    try:
+        return get(name)
+    except ResourceError:
+        raise
+    except ReconcileError as e:
+        raise TransformError(e.message, where=where, fix=e.fix) from None
 
 
 def _check_samples(readback, name: str, tensor, dtype: str, span: tuple[int, int], where: str) -> None:

@@ -1,8 +1,9 @@
 """Checkpoint conversions: Meta `consolidated.pth` and HF shards -> one `model.safetensors`.
 
 Both stream tensor by tensor (the real Meta checkpoint is 27 GB float32 on a 24 GB machine):
-sources are memory-mapped (`.bin`/`.pth`) or read one tensor at a time (`.safetensors`), each
-tensor is cast slice by slice into the output, and its pages are released before the next.
+sources (`.pth`/`.bin` torch zips, `.safetensors`) are read one tensor at a time with ordinary
+reads (`models.tensorfile`, never a whole-file mapping), each tensor is cast slice by slice into
+the output and dropped before the next.
 Both validate the key set and every shape BEFORE writing a byte, and verify the written file
 tensor by tensor as they go: stored offsets against the header read back, sampled values against
 the source (see `_streaming.write_verified`). Output bytes depend only on
@@ -15,11 +16,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import ReconcileError, TransformError
+from ..errors import TransformError
 from ..registry import transform
-from ._streaming import FilePages, layout_or_fail, load_state, read_json, write_verified
+from ._streaming import layout_or_fail, open_source, read_json, write_verified
 from .checkpoint_layout import LEGACY_META_KEYS, first_mismatch, matches, meta_shapes
-from .safetensors_io import read_header, read_tensor, torch_dtype
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 _SCHEMA = {"type": "object", "additionalProperties": False,
@@ -38,21 +38,28 @@ def torch_to_safetensors(inputs, params, out):
     dtype = DTYPES[params.get("dtype", "float16")]
     drop = list(params.get("drop", []))
     expected = layout_or_fail(meta_shapes, read_json(inputs["params"], "params"), "params")
-    state = load_state(inputs["checkpoint"], "checkpoint")
-    found = {name: tuple(t.shape) for name, t in state.items()}
-    skip = drop + list(LEGACY_META_KEYS)
-    problem = first_mismatch(found, expected, tolerated=skip)
-    if problem:
-        raise TransformError(f"{problem} (checked against params.json)", where="checkpoint",
-                             fix="pair the checkpoint with its own params.json, or list extra keys in params.drop")
-    keep = sorted(name for name in found if not matches(name, skip))
-    pages = FilePages(Path(inputs["checkpoint"]))
-    size = write_verified(out, {name: (dtype, found[name]) for name in keep}, state.__getitem__,
-                          lambda name, t: pages.release(t), "checkpoint")
-    return {"n_tensors": len(keep), "n_params": sum(math.prod(found[k]) for k in keep),
-            "dtype": params.get("dtype", "float16"), "bytes": size,
-            "source_dtypes": sorted({str(state[k].dtype).removeprefix("torch.") for k in keep}),
-            "dropped": sorted(set(found) - set(keep))}
+    with open_source(inputs["checkpoint"], "checkpoint") as source:
+        found = {e.name: e.shape for e in source.entries}
+        skip = drop + list(LEGACY_META_KEYS)
+        problem = first_mismatch(found, expected, tolerated=skip)
+        if problem:
+            raise TransformError(f"{problem} (checked against params.json)", where="checkpoint",
+                                 fix="pair the checkpoint with its own params.json, or list extra keys in params.drop")
+        keep = sorted(name for name in found if not matches(name, skip))
+        _floating_only(source, keep, "checkpoint")
+        size = write_verified(out, {name: (dtype, found[name]) for name in keep}, source.read, "checkpoint")
+        return {"n_tensors": len(keep), "n_params": sum(math.prod(found[k]) for k in keep),
+                "dtype": params.get("dtype", "float16"), "bytes": size,
+                "source_dtypes": sorted({source[k].dtype for k in keep}),
+                "dropped": sorted(set(found) - set(keep))}
+
+
+def _floating_only(source, names, where: str) -> None:
+    """Every tensor to convert is a floating-point weight (checked from the index, before writing)."""
+    for name in names:
+        if not source[name].dtype.startswith(("float", "bfloat")):
+            raise TransformError(f"tensor {name} has dtype {source[name].dtype}, not a floating-point weight",
+                                 where=where)
 
 
 @transform("merge_shards", "1", inputs={"index": "file", "shards": "list"}, params_schema=_SCHEMA)
@@ -74,9 +81,8 @@ def merge_shards(inputs, params, out):
         raise TransformError(f"index metadata.total_size is {total_size} but the shards' tensors hold {summed} "
                              "bytes", where="index", fix="use the index that was published with these shards")
     keep = sorted(name for name in found if not matches(name, drop))
-    source = _ShardReader(shards, found)
-    size = write_verified(out, {name: (dtype, found[name][2]) for name in keep}, source.get, source.done, "shards")
-    source.close()
+    with _ShardReader(shards, found) as source:
+        size = write_verified(out, {name: (dtype, found[name][2]) for name in keep}, source.get, "shards")
     return {"n_tensors": len(keep), "n_params": sum(math.prod(found[k][2]) for k in keep),
             "dtype": params.get("dtype", "float16"), "bytes": size, "n_shards": len(shards),
             "source_dtypes": sorted({found[k][1] for k in keep}),
@@ -135,54 +141,35 @@ def _survey(shards: dict[str, Path], weight_map: dict[str, str]) -> dict[str, tu
 
 
 def _shard_keys(path: Path, shard: str) -> dict[str, tuple[str, tuple[int, ...], int]]:
-    """name -> (dtype, shape, nbytes) of one shard, without reading tensor data."""
-    if path.suffix == ".safetensors":
-        infos = _header(path, shard)
-        return {n: (_st_dtype(i.dtype), i.shape, i.nbytes) for n, i in infos.items()}
-    state = load_state(path, f"shards: {shard}")
-    return {n: (str(t.dtype).removeprefix("torch."), tuple(t.shape), t.numel() * t.element_size())
-            for n, t in state.items()}
-
-
-def _header(path: Path, shard: str):
-    try:
-        return read_header(path)[0]
-    except ReconcileError as e:
-        raise TransformError(f"shard {shard}: {e.message}", where="shards") from None
-
-
-def _st_dtype(name: str) -> str:
-    return str(torch_dtype(name)).removeprefix("torch.")
+    """name -> (dtype, shape, nbytes) of one shard, from its index alone (no tensor data read)."""
+    with open_source(path, f"shards: {shard}") as source:
+        return {e.name: (e.dtype, e.shape, e.nbytes) for e in source.entries}
 
 
 class _ShardReader:
-    """Source tensors on demand, with at most one shard open (its mmap released tensor by tensor)."""
+    """Source tensors on demand, with at most one shard file open at a time."""
 
     def __init__(self, shards: dict[str, Path], found: dict[str, tuple]):
         self._shards, self._found = shards, found
         self._open: str | None = None
-        self._state: dict | None = None
-        self._pages: FilePages | None = None
-        self._headers: dict[str, dict] = {}
+        self._file = None
 
     def get(self, name: str):
         """The source tensor `name`, opening its shard if it is not the open one."""
         shard = self._found[name][0]
-        path = self._shards[shard]
-        if path.suffix == ".safetensors":
-            if shard not in self._headers:
-                self._headers[shard] = _header(path, shard)
-            return read_tensor(path, self._headers[shard][name])
         if self._open != shard:
-            self.close()  # drop the previous shard's mapping before mapping the next
-            self._state, self._pages, self._open = load_state(path, f"shards: {shard}"), FilePages(path), shard
-        return self._state[name]
-
-    def done(self, name: str, tensor) -> None:
-        """Give a written tensor's pages back."""
-        if self._pages is not None and self._open == self._found[name][0]:
-            self._pages.release(tensor)
+            self.close()
+            self._file, self._open = open_source(self._shards[shard], f"shards: {shard}"), shard
+        return self._file.read(name)
 
     def close(self) -> None:
-        """Forget the open shard (its mapping goes when the last tensor view does)."""
-        self._state = self._pages = self._open = None
+        """Close the open shard, if any."""
+        if self._file is not None:
+            self._file.close()
+        self._file = self._open = None
+
+    def __enter__(self) -> _ShardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -13,13 +13,15 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TransformError
+from ..errors import ReconcileError, ResourceError, TransformError
 from ..hashing import pretty_json_bytes
 from ..registry import transform
+from ._streaming import open_source
 from .checkpoint_layout import ffn_hidden_dim, n_params
 from .model_configs import read_json_object
 from .nets import HeaderError, block_count, expected_shapes, read_summary
 from .safetensors_io import METADATA, SafetensorsWriter, dtype_name, encode_header, expected_nbytes
+from .tensorfile import TensorFile
 
 if TYPE_CHECKING:  # torch only where weights are made: the lock validator calls predict_size without it
     import torch
@@ -158,18 +160,21 @@ def base_name_map(params: Mapping, base_names) -> dict[str, str]:
     return mapping
 
 
-def sliced_tensor(handle, base_name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """The leading `shape` slice of a base tensor, reading only that region from disk."""
-    try:
-        sl = handle.get_slice(base_name)
-    except Exception:  # safetensors raises its own error type for a missing name
+def sliced_tensor(base: TensorFile, base_name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The leading `shape` slice of a base tensor, reading only its first rows from disk (no mapping)."""
+    if base_name not in base:
         raise TransformError(f"the base has no tensor {base_name}", where="base",
-                             fix="use a base with the same layout, or init: random") from None
-    have = tuple(sl.get_shape())
+                             fix="use a base with the same layout, or init: random")
+    have = base[base_name].shape
     if len(have) != len(shape) or any(h < s for h, s in zip(have, shape)):
         raise TransformError(f"base tensor {base_name} has shape {list(have)}; cannot cut {list(shape)} from it",
                              where="base", fix="make the micro spec no larger than the base")
-    return sl[tuple(slice(0, s) for s in shape)]
+    try:
+        return base.read_leading(base_name, shape)
+    except ResourceError:
+        raise
+    except ReconcileError as e:
+        raise TransformError(e.message, where="base", fix=e.fix) from None
 
 
 def _check_base_config(params: Mapping, base_config: dict, base_shapes: Mapping) -> None:
@@ -210,8 +215,6 @@ def micro_model(inputs, params, out):
 
 
 def _write_sliced(inputs, params, out, specs, shapes) -> dict:
-    from safetensors import safe_open
-
     try:
         base_shapes = {k: s for k, (_, s) in read_summary(inputs["base"]).tensors.items()}
     except HeaderError as e:
@@ -220,8 +223,8 @@ def _write_sliced(inputs, params, out, specs, shapes) -> dict:
     if base_config is not None:
         _check_base_config(params, base_config, base_shapes)
     mapping = base_name_map(params, base_shapes)
-    with safe_open(str(inputs["base"]), framework="pt") as handle:
-        _write(out, specs, lambda name, shape: sliced_tensor(handle, mapping[name], shape))
+    with open_source(inputs["base"], "base") as base:
+        _write(out, specs, lambda name, shape: sliced_tensor(base, mapping[name], shape))
     return {"n_params": n_params(shapes), "init": "slice",
             "renamed": {k: v for k, v in sorted(mapping.items()) if k != v}}
 

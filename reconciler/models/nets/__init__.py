@@ -138,17 +138,20 @@ def load_strict(arch: str, config: Mapping, path: str | Path, device: str | torc
     """Build the model and load a safetensors file into it with strict key matching.
 
     Tensors keep the file's dtype; the model is materialised directly from them on `device`
-    (built on `meta`, then assigned), so memory is one copy of the weights.
-    Raises ValueError listing every key problem.
+    (built on `meta`, then assigned), so memory is one copy of the weights plus one tensor in
+    flight. The file is read tensor by tensor with ordinary reads (`tensorfile`), never mapped,
+    so it loads under an address-space limit too. Raises ValueError listing every key problem.
     """
     import torch
-    from safetensors.torch import load_file
+
+    from ..tensorfile import open_tensor_file
 
     found = {k: s for k, (_, s) in read_summary(path).tensors.items()}
     problems = key_problems(arch, expected_shapes(arch, config), found)
     if problems:
         raise ValueError("; ".join(problems))
-    state = {k: v for k, v in load_file(str(path), device=str(device)).items() if not is_legacy_key(arch, k)}
+    with open_tensor_file(path) as tf:
+        state = {e.name: tf.read(e.name).to(device) for e in tf.entries if not is_legacy_key(arch, e.name)}
     with torch.device("meta"):
         model = build_model(arch, config)
     model.load_state_dict(state, strict=False, assign=True)  # keys already matched strictly above
