@@ -7,8 +7,13 @@ VENV       ?= .venv
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
+# The huggingface_hub 0.x line (what transformers 4.x requires), installed beside the venv and put first on
+# PYTHONPATH for a second run of the hub and source tests: the code must work on both lines.
+HUB0X_SPEC ?= huggingface_hub==0.36.2
+HUB0X      := $(VENV)/hub0x
+HUB_TESTS  := tests/test_hub.py tests/test_hub_http.py tests/test_source_hf.py tests/test_apply_hub.py
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-hub0x lint bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +32,17 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-hub0x
+
+$(HUB0X)/.installed: $(VENV)/.installed
+	rm -rf $(HUB0X)
+	# --no-deps: only the client and its requests stack; everything else comes from the venv.
+	$(BIN)/pip install -q --no-deps --target $(HUB0X) "$(HUB0X_SPEC)" requests urllib3 charset-normalizer certifi
+	touch $@
+
+test-hub0x: $(HUB0X)/.installed
+	PYTHONPATH=$(HUB0X) $(BIN)/python -c "import huggingface_hub as h; assert h.__version__.startswith('0.'), h.__version__"
+	PYTHONPATH=$(HUB0X) $(BIN)/python -m pytest -q $(HUB_TESTS)
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -32,7 +32,7 @@ from .registry import TRANSFORMS
 from .spec import Artifact, Lock, Source
 from .state import StatCache, observe, untracked, write_provenance
 
-TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggingface_hub", "datasets")
+TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggingface_hub")
 
 
 class Reporter:

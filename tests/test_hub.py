@@ -6,19 +6,14 @@ import subprocess
 import sys
 import time
 
-import httpx2
 import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import (
-    GatedRepoError,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 from reconcile_testing.hub import add_revision
 from reconcile_testing.hub.repo import git_blob_sha1
 
+from reconciler.sources.hub_http import TRANSIENT_ERRORS, EntryNotFoundError
 from tests.fixtures.hub import (
     DATASET,
     DATASET_FILES,
@@ -82,7 +77,7 @@ def test_range_requests(clean_hub):
     ({"repo_id": "nobody/nothing", "filename": "x.bin"}, RepositoryNotFoundError),
     ({"repo_id": MODEL, "filename": "config.json", "revision": "no-such-branch"}, RevisionNotFoundError),
     ({"repo_id": MODEL, "filename": "config.json", "revision": "0" * 40}, RevisionNotFoundError),
-    ({"repo_id": MODEL, "filename": "missing.bin"}, RemoteEntryNotFoundError),
+    ({"repo_id": MODEL, "filename": "missing.bin"}, EntryNotFoundError),
     ({"repo_id": GATED, "filename": "7B/params.json"}, GatedRepoError),
     ({"repo_id": GATED, "filename": "7B/params.json", "token": "hf_not_granted"}, GatedRepoError),
 ])
@@ -131,7 +126,7 @@ def test_add_revision_commit_ids_are_deterministic(clean_hub, tmp_path):
 
 def test_fault_cut_drops_connection_after_n_bytes(clean_hub):
     fault = clean_hub.cut(1000, path="model.safetensors")
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with pytest.raises(TRANSIENT_ERRORS):  # httpx: RemoteProtocolError; requests: ChunkedEncodingError
         get_session().get(_url(clean_hub, "model.safetensors"))
     assert fault.fired == 1 and fault.times == 0
     assert get_session().get(_url(clean_hub, "model.safetensors")).content == MODEL_FILES["model.safetensors"]
@@ -157,7 +152,7 @@ def test_fault_stall_times_out_a_reader_then_is_spent(clean_hub):
     fault = clean_hub.stall(1.0, after=100, path="model.safetensors")
     url = _url(clean_hub, "model.safetensors")
     assert get_session().get(_url(clean_hub, "config.json"), timeout=0.5).status_code == 200  # other path
-    with pytest.raises(httpx2.ReadTimeout):
+    with pytest.raises(TRANSIENT_ERRORS):  # httpx: ReadTimeout; requests: ConnectionError(ReadTimeoutError)
         get_session().get(url, timeout=0.2)
     assert fault.fired == 1
     assert get_session().get(url, timeout=5).content == MODEL_FILES["model.safetensors"]

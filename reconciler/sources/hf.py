@@ -1,8 +1,9 @@
 """Hugging Face source: resolve revisions, list and describe files, download with resume and verification.
 
-Built on huggingface_hub's HTTP machinery: `hf_hub_url` for URLs, `get_hf_file_metadata` for the HEAD,
+Built on huggingface_hub's HTTP machinery: `hf_hub_url` for URLs, the HEAD read the way `get_hf_file_metadata` reads it,
 `HfApi.repo_info` for revisions, its shared session (`get_session`), headers (`build_hf_headers`) and typed
-errors (`hf_raise_for_status`). The body loop is ours, not `http_get`, because we need what it cannot give:
+errors (`hf_raise_for_status`), on any of its release lines (0.x on requests, 1.x on httpx, 2.x on httpx2:
+the differences live in `hub_http.py`). The body loop is ours, not `http_get`, because we need what it cannot give:
 a per-call read timeout, a retry policy that also covers 5xx answers, resume from a partial file kept
 across runs, and hashing while the bytes are written (one pass over a multi-GB file).
 
@@ -29,13 +30,11 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-import httpx2
-from huggingface_hub import HfApi, get_hf_file_metadata, get_token, hf_hub_url
+from huggingface_hub import HfApi, get_token, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
     OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -46,11 +45,12 @@ from ..errors import IntegrityError, ReconcileError, ResourceError, SourceError
 from ..publish import HashingWriter, Output
 from ..spec import Source
 from . import ranged
+from .hub_http import CONNECT_ERRORS, HTTP_ERRORS, TRANSIENT_ERRORS, EntryNotFoundError, stream_get
+from .hub_http import head as hub_head
 
 T = TypeVar("T")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _BATCH = 4 * 1024 * 1024  # bytes per hash+write: large, so per-call overhead vanishes
-_RECV_BYTES = 1 << 20  # most bytes one socket read may return (httpcore's default: 64 KiB)
 _TOKEN_FIX = "pass a token of an account that has access: export HF_TOKEN=hf_... or run `hf auth login`"
 
 
@@ -99,7 +99,7 @@ def _transient(err: Exception) -> bool:
     if isinstance(err, HfHubHTTPError):
         status = err.response.status_code if err.response is not None else 0
         return status >= 500 or status in (408, 429)
-    return isinstance(err, (httpx2.TransportError, _Incomplete, ranged.ShortRange))
+    return isinstance(err, (*TRANSIENT_ERRORS, _Incomplete, ranged.ShortRange))
 
 
 def _as_source_error(err: Exception, source: Source, where: str, path: str | None, token: str | None) -> ReconcileError:
@@ -119,13 +119,13 @@ def _as_source_error(err: Exception, source: Source, where: str, path: str | Non
         return SourceError(f"revision {rev} not found in {repo}", where=where,
                            fix=f"check the revision of source {source.name!r} (a branch, tag or 40-hex commit "
                                "that exists); run `reconcile lock` to re-pin")
-    if isinstance(err, RemoteEntryNotFoundError):
+    if isinstance(err, EntryNotFoundError):
         return SourceError(f"file {path} not found in {repo} at {rev}", where=where,
                            fix=f"check the artifact's fetch path against https://huggingface.co/{repo}/tree/{rev}")
     if isinstance(err, OfflineModeIsEnabled):
         return SourceError(f"offline mode is on: cannot reach {endpoint}", where=where,
                            fix="unset HF_HUB_OFFLINE (it must be unset before the process starts)")
-    if isinstance(err, httpx2.ConnectError):
+    if isinstance(err, CONNECT_ERRORS):
         return SourceError(f"cannot connect to {endpoint}: {err}", where=where,
                            fix="check the network and HF_ENDPOINT, then re-run (downloads resume)")
     if isinstance(err, HfHubHTTPError):
@@ -165,7 +165,7 @@ def _call(source: Source, where: str, path: str | None, attempt: Callable[[str |
     token = get_token()
     try:
         return _retrying(lambda: attempt(token), progress)
-    except (HfHubHTTPError, httpx2.HTTPError, _Incomplete, ranged.ShortRange, ranged.RangeNotHonoured,
+    except (HfHubHTTPError, *HTTP_ERRORS, _Incomplete, ranged.ShortRange, ranged.RangeNotHonoured,
             OfflineModeIsEnabled) as err:
         raise _as_source_error(err, source, where, path, token) from None
 
@@ -183,17 +183,27 @@ def resolve_revision(source: Source) -> str:
     return _call(source, source.name, None, attempt)
 
 
+def _normalize_etag(etag: str | None) -> str:
+    return (etag or "").removeprefix("W/").strip('"')
+
+
 def _head(source: Source, path: str, where: str) -> RemoteFile:
     def attempt(token: str | None) -> RemoteFile:
         url = hf_hub_url(source.repo, path, repo_type=source.type, revision=source.revision, endpoint=_endpoint())
-        meta = get_hf_file_metadata(url, token=token or False, timeout=_env_float("RECONCILE_HTTP_TIMEOUT", 30.0),
-                                    endpoint=_endpoint())
-        etag = meta.etag or ""
+        headers = build_hf_headers(token=token or False)
+        headers["Accept-Encoding"] = "identity"  # the size must be the file's, not a compressed body's
+        r = hub_head(url, headers, _env_float("RECONCILE_HTTP_TIMEOUT", 30.0))
+        if r.status_code >= 400:
+            hf_raise_for_status(r)
+        etag = _normalize_etag(r.headers.get("X-Linked-Etag") or r.headers.get("ETag"))
+        size = r.headers.get("X-Linked-Size") or (None if 300 <= r.status_code < 400 else
+                                                  r.headers.get("Content-Length"))
+        commit = r.headers.get("X-Repo-Commit")
         is_sha256 = len(etag) == 64 and all(c in "0123456789abcdef" for c in etag)
-        if meta.commit_hash is None or meta.size is None:
+        if commit is None or size is None or not size.isdigit():
             raise SourceError(f"{_endpoint()} did not send a commit and size for {path}: not a Hugging Face hub?",
                               where=where, fix="check HF_ENDPOINT")
-        return RemoteFile(path, meta.commit_hash, meta.size, etag if is_sha256 else None)
+        return RemoteFile(path, commit, int(size), etag if is_sha256 else None)
 
     return _call(source, where, path, attempt)
 
@@ -344,31 +354,12 @@ def _check_space(out_dir: Path, partial_dir: Path, size: int, have: int, path: s
                                                  "apply; the download resumes from the bytes already received")
 
 
-def _widen_reads() -> None:
-    """Let the session's HTTP/1.1 connections read up to 1 MiB per socket read instead of 64 KiB.
-
-    httpcore reads a body `READ_NUM_BYTES` at a time and runs its h11 event machinery once per
-    read: at 64 KiB that costs ~0.8 s of Python per GB, more than hashing or writing it. The
-    constant is a class attribute with no per-request option; a larger value only raises the
-    upper bound of each `recv`, so every other request of the session behaves the same.
-    """
-    try:
-        import httpcore2
-        cls = httpcore2.HTTP11Connection
-    except (ImportError, AttributeError):
-        return
-    if isinstance(getattr(cls, "READ_NUM_BYTES", None), int) and cls.READ_NUM_BYTES < _RECV_BYTES:
-        cls.READ_NUM_BYTES = _RECV_BYTES
-
-
 @contextmanager
 def _get(url: str, headers: dict[str, str]) -> Iterator[tuple[object, Iterator[bytes]]]:
     """One streamed GET with the hub client's session: (response checked for errors, body chunks)."""
-    _widen_reads()
-    timeout = _env_float("RECONCILE_HTTP_TIMEOUT", 30.0)
-    with get_session().stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as r:
+    with stream_get(url, headers, _env_float("RECONCILE_HTTP_TIMEOUT", 30.0)) as (r, body):
         hf_raise_for_status(r)
-        yield r, r.iter_bytes()
+        yield r, body
 
 
 def _ranges_into(asm: _Assembly, url: str, token: str | None, size: int, connections: int,
@@ -412,13 +403,12 @@ def _stream_into(asm: _Assembly, url: str, token: str | None, size: int,
     if asm.size:
         headers["Range"] = f"bytes={asm.size}-"
     timeout = _env_float("RECONCILE_HTTP_TIMEOUT", 30.0)
-    _widen_reads()
-    with get_session().stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as r:
+    with stream_get(url, headers, timeout) as (r, body):
         hf_raise_for_status(r)
         if asm.size and r.status_code == 200:
             skip = asm.size  # the server ignored Range and starts over: drop what we already hold
         try:
-            for chunk in r.iter_bytes():
+            for chunk in body:
                 if skip:
                     n = min(skip, len(chunk))
                     chunk, skip = chunk[n:], skip - n
