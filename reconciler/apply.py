@@ -29,6 +29,7 @@ from .lockfile import STATE_DIR, check_root_containment
 from .plan import Action, Plan, build_recipe, make_plan
 from .publish import commit, staged, write_bytes_atomic
 from .registry import TRANSFORMS
+from .sources.hf_cache import HfCache, Reused
 from .spec import Artifact, Lock, Source
 from .state import StatCache, observe, untracked, write_provenance
 
@@ -60,6 +61,9 @@ class Reporter:
     def advance(self, nbytes: int) -> None:
         """Bytes downloaded since the last call (may come from several threads)."""
 
+    def warning(self, path: str, message: str) -> None:
+        """Something the user should know that did not fail the artifact (e.g. a bad cache file skipped)."""
+
 
 FORMAT_VERSION = 1  # of `apply --json` (reconciler/schemas/apply.schema.json)
 # Where the bytes of a published artifact came from: a transform ran here, the hub, the team's
@@ -84,6 +88,7 @@ class ApplyResult:
     failed: dict[str, ReconcileError] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     produced: dict[str, Produced] = field(default_factory=dict)
+    hf_cache_bytes: int = 0  # bytes published from the Hugging Face cache instead of downloaded
 
     @property
     def ok(self) -> bool:
@@ -185,8 +190,17 @@ class _Run:
     root: Path
     cache: StatCache
     reporter: Reporter
+    hf_cache: HfCache | None = None  # where to look before downloading (None: always download)
     commits: dict[str, str] = field(default_factory=dict)  # source name -> resolved commit
     connections: int = 1  # connections per large download (parallel Range requests)
+
+    def from_hf_cache(self, src: Source, path: str, final: Path, where: str, sha256: str | None,
+                      size: int | None) -> Reused | None:
+        """Publish `path` of the pinned source from the Hugging Face cache when it holds verified bytes."""
+        if self.hf_cache is None:
+            return None
+        return self.hf_cache.publish(src, src.revision, path, final, where=where, expected_sha256=sha256,
+                                     expected_size=size, warn=lambda msg: self.reporter.warning(where, msg))
 
     def source_at_commit(self, name: str) -> tuple[Source, str]:
         """The source pinned to a commit for this run (branches resolved once per run)."""
@@ -216,16 +230,25 @@ def _fetch_file(run: _Run, a: Artifact) -> Produced:
     src, ref = run.source_at_commit(a.fetch.source)
     final = run.root / a.path
     started = time.monotonic()
-    with staged(final, where=a.path) as out:
-        remote = hf.fetch_file(src, a.fetch.path, out, expected_sha256=a.sha256, expected_size=a.size,
-                               partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
-                               connections=run.connections)
-        size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256, expected_size=a.size,
-                           mismatch_fix="re-run apply; if upstream really changed, update the pin in the lock")
+    reused = run.from_hf_cache(src, a.fetch.path, final, a.path, a.sha256, a.size)
+    if reused is not None:
+        size, sha, info = reused.size, reused.sha256, {"hf_cache": "hard link" if reused.linked else "copy"}
+    else:
+        with staged(final, where=a.path) as out:
+            remote = hf.fetch_file(src, a.fetch.path, out, expected_sha256=a.sha256, expected_size=a.size,
+                                   partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
+                                   connections=run.connections)
+            size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256, expected_size=a.size,
+                               mismatch_fix="re-run apply; if upstream really changed, update the pin in the lock")
+        info = {"etag_sha256": remote.sha256}
     run.cache.remember_file(a.path, final, sha)
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "path": a.fetch.path}}
-    rec = _provenance(recipe, size, sha, started, {"etag_sha256": remote.sha256}, final)
+    rec = _provenance(recipe, size, sha, started, info, final)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision})
+    if reused is not None:
+        how = "hard link" if reused.linked else "copy"
+        return Produced(sha, f"{size:,} bytes from the Hugging Face cache ({how}) of {src.repo}@{src.revision[:12]}",
+                        "hf-cache")
     return Produced(sha, f"{size:,} bytes from {src.repo}@{src.revision[:12]}", "hub")
 
 
@@ -243,11 +266,19 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
     started = time.monotonic()
     folder = run.root / a.path
 
+    came_from: dict[str, str] = {}  # member -> "hf-cache" | "hub", for those published now
+
     def one(name: str) -> tuple[str, str]:
         final = folder / name
         exp_sha, exp_size = wanted[name]
         if final.is_file() and exp_sha and run.cache.sha256(f"{a.path}/{name}", final) == exp_sha:
             return name, exp_sha
+        reused = run.from_hf_cache(src, posixpath.join(base, name), final, f"{a.path}/{name}", exp_sha, exp_size)
+        if reused is not None:
+            run.cache.remember_file(f"{a.path}/{name}", final, reused.sha256)
+            came_from[name] = "hf-cache"
+            return name, reused.sha256
+        came_from[name] = "hub"
         with staged(final, where=f"{a.path}/{name}") as out:
             hf.fetch_file(src, posixpath.join(base, name), out, expected_sha256=exp_sha, expected_size=exp_size,
                           partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
@@ -267,6 +298,9 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
     rec = _provenance(recipe, size, sha, started, None, folder)
     write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members,
                                               "member_sizes": {n: (folder / n).stat().st_size for n in members}})
+    if came_from and set(came_from.values()) == {"hf-cache"}:  # nothing was downloaded
+        return Produced(sha, f"{len(members)} files, {size:,} bytes from the Hugging Face cache of "
+                             f"{src.repo}@{src.revision[:12]}", "hf-cache")
     return Produced(sha, f"{len(members)} files, {size:,} bytes from {src.repo}@{src.revision[:12]}", "hub")
 
 
@@ -321,28 +355,38 @@ def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> Prod
     return _fetch_dir(run, a, jobs) if a.is_dir else _fetch_file(run, a)
 
 
+FROM_ENV = "from-env"  # apply's default for hf_cache: the user's Hugging Face cache unless RECONCILE_NO_HF_CACHE
+
+
 def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: Reporter | None = None,
           saved_plan: Plan | None = None, keep_going: bool = False, jobs: int = 4,
-          wait: float = 0.0, connections: int = 4) -> ApplyResult:
+          wait: float = 0.0, connections: int = 4, hf_cache: HfCache | None | str = FROM_ENV) -> ApplyResult:
     """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order).
 
-    `jobs` files download at once; each large one over `connections` connections (Range requests)."""
+    `jobs` files download at once; each large one over `connections` connections (Range requests).
+    Fetches first look in `hf_cache` (default: the user's Hugging Face cache; None: never) for bytes that
+    verify, and download only what it does not hold.
+    """
     cache = cache or StatCache(root)
+    if isinstance(hf_cache, str):
+        hf_cache = HfCache.from_env()
     try:
-        return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait, connections)
+        return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait, connections,
+                      hf_cache)
     finally:
         cache.flush()  # hashes of what was published, however the run ended
 
 
 def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_plan: Plan | None,
-           keep_going: bool, jobs: int, wait: float, connections: int) -> ApplyResult:
+           keep_going: bool, jobs: int, wait: float, connections: int, hf_cache: HfCache | None) -> ApplyResult:
     """`apply` itself, under the root lock; the caller flushes the stat cache however it ends."""
     check_root_containment(lock, root)
     with RootLock(root, wait):
         plan = plan_for(lock, root, cache)
         if saved_plan is not None:
             refuse_stale(saved_plan, plan)
-        run = _Run(lock, root, cache, reporter, connections=connections)
+        run = _Run(lock, root, cache, reporter, hf_cache=hf_cache, connections=connections)
+        reused_before = hf_cache.reused_bytes if hf_cache is not None else 0
         result = ApplyResult(plan)
         sha_of = {x.path: x.found_sha256 for x in plan.actions if x.action == "ok"}
         stop = _Stopper(keep_going)
@@ -383,6 +427,7 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
         for x in pending:
             if x.kind == "build":
                 attempt(x)
+        result.hf_cache_bytes = hf_cache.reused_bytes - reused_before if hf_cache is not None else 0
         return result
 
 

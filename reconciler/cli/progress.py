@@ -89,6 +89,10 @@ class CliReporter:
         self.finished += 1
         self.line(f" FAILED  {action.path}  {err.message}", "red")
 
+    def warning(self, path: str, message: str) -> None:
+        """Something that did not fail the artifact but the user should know."""
+        self.line(f"warning  {path}  {message}", "yellow")
+
     # -- bytes -------------------------------------------------------------------------------
     def build_progress(self, action):
         """A callback told the bytes a build writes: a bar on a TTY, a counter in a pipe."""

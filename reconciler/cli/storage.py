@@ -62,9 +62,12 @@ def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
               help="Seconds to wait for another apply on the same root.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one result per artifact as JSON (reconciler/schemas/apply.schema.json); progress goes to stderr.")
+@click.option("--no-hf-cache", is_flag=True,
+              help="Do not reuse files from the Hugging Face cache (also: RECONCILE_NO_HF_CACHE=1).")
 @click.pass_obj
-def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections):
+def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_cache):
     """Converge storage to the lock, idempotently."""
+    from ..apply import FROM_ENV
     from ..apply import apply as run_apply
     from ..plan import Plan
     from .progress import CliReporter
@@ -78,7 +81,7 @@ def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections):
     reporter = CliReporter(to_stderr=as_json)
     try:
         result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,
-                           wait=wait, connections=connections)
+                           wait=wait, connections=connections, hf_cache=None if no_hf_cache else FROM_ENV)
     except KeyboardInterrupt:
         reporter.close(ok=False)
         raise Interrupted(reporter.left()) from None
@@ -97,6 +100,10 @@ def _render_apply(lock, result) -> None:
     for err in result.failed.values():
         click.secho(f"error: {err.render()}", fg="red", err=True)
     click.echo(f"Apply: {len(result.done)} done, {len(result.failed)} failed, {len(result.skipped)} skipped.")
+    if result.hf_cache_bytes:
+        from ..plan import human_bytes
+        click.echo(f"Reused {human_bytes(result.hf_cache_bytes)} ({result.hf_cache_bytes:,} bytes) from the "
+                   "Hugging Face cache instead of downloading them.")
     not_run = [p for p, why in result.skipped.items() if not why.startswith("input ")]  # stopped early
     for path, why in result.skipped.items():
         if why.startswith("input "):
