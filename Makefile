@@ -11,7 +11,7 @@ BIN        := $(VENV)/bin
 # PYTHONPATH for a second run of the hub and source tests: the code must work on both lines.
 HUB0X_SPEC ?= huggingface_hub==0.36.2
 HUB0X      := $(VENV)/hub0x
-HUB_TESTS  := tests/test_hub.py tests/test_hub_http.py tests/test_source_hf.py tests/test_apply_hub.py tests/test_hf_cache.py
+HUB_TESTS  := tests/test_hub.py tests/test_hub_http.py tests/test_source_hf.py tests/test_apply_hub.py tests/test_ranged_download.py tests/test_hf_cache.py
 
 .PHONY: install demo test test-hub0x lint bench clean
 
