@@ -9,31 +9,29 @@ file or the new one at the final path, never a partial one; a later apply conver
 from __future__ import annotations
 
 import json
-import os
-import platform
 import posixpath
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from importlib import metadata
+from enum import Enum
 from pathlib import Path
 from typing import NamedTuple
 
-from filelock import FileLock, Timeout
-
-from .errors import BusyError, LockError, ReconcileError, TransformError, is_out_of_memory, out_of_memory
+from .errors import LockError, ReconcileError, TransformError, is_out_of_memory, out_of_memory
 from .hashing import sha256_json, tree_sha256
-from .lockfile import STATE_DIR, check_root_containment
-from .plan import Action, Plan, build_recipe, make_plan
-from .publish import commit, staged, write_bytes_atomic
+from .layout import partial_dir
+from .lockfile import check_root_containment
+from .plan import Action, Plan, build_recipe
+from .provenance import tool_versions, write_provenance
+from .publish import commit, staged
 from .registry import TRANSFORMS
+from .rootlock import RootLock
 from .sources.hf_cache import HfCache, Reused
 from .spec import Artifact, Lock, Source
-from .state import StatCache, observe, untracked, write_provenance
-
-TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggingface_hub")
+from .state import StatCache
+from .survey import plan_for
 
 
 class Reporter:
@@ -79,6 +77,29 @@ class Produced(NamedTuple):
     origin: str  # one of ORIGINS
 
 
+class SkipReason(Enum):
+    """Why apply did not run an action."""
+
+    INPUT_FAILED = "input failed"  # an input's fetch or build failed
+    INPUT_SKIPPED = "input skipped"  # an input was itself skipped
+    STOPPED = "stopped"  # apply stopped at the first failure (no --keep-going)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A skipped action: why, and the input that caused it (None when apply stopped)."""
+
+    reason: SkipReason
+    input: str | None = None
+
+    def __str__(self) -> str:
+        if self.reason is SkipReason.INPUT_FAILED:
+            return f"input {self.input} failed"
+        if self.reason is SkipReason.INPUT_SKIPPED:
+            return f"input {self.input} was skipped"
+        return "apply stopped at a failure"
+
+
 @dataclass
 class ApplyResult:
     """What apply did: published (with origin), failed (with errors) and skipped (with the failed input)."""
@@ -86,7 +107,7 @@ class ApplyResult:
     plan: Plan
     done: list[str] = field(default_factory=list)
     failed: dict[str, ReconcileError] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, Skip] = field(default_factory=dict)
     produced: dict[str, Produced] = field(default_factory=dict)
     hf_cache_bytes: int = 0  # bytes published from the Hugging Face cache instead of downloaded
 
@@ -111,77 +132,9 @@ class ApplyResult:
             rows.append({"path": x.path, "action": x.action, "status": status,
                          "origin": got.origin if got else None,
                          "sha256": got.sha256 if got else x.found_sha256 if status == "ok" else None,
-                         "detail": got.detail if got else err.render() if err else self.skipped.get(x.path, x.reason)})
+                         "detail": got.detail if got else err.render() if err else str(self.skipped.get(x.path, x.reason))})
         counts = {k: sum(r["status"] == k for r in rows) for k in ("done", "failed", "skipped", "ok")}
         return {"format_version": FORMAT_VERSION, "ok": self.ok, "summary": counts, "artifacts": rows}
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the tools that shape built bytes (recorded in provenance, never hashed)."""
-    out = {"python": platform.python_version()}
-    for name in TOOLS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def plan_for(lock: Lock, root: Path, cache: StatCache) -> Plan:
-    """Observe the root and plan: the read-only half of apply, also used by `reconcile plan`."""
-    check_root_containment(lock, root)
-    observed = observe(lock, root, cache)
-    return make_plan(lock, observed, tuple(untracked(lock, root)))
-
-
-def refresh_sizes(lock: Lock, plan: Plan) -> Plan:
-    """`plan --refresh`: ask the hub for the sizes of pending fetches the lock does not pin.
-
-    The planner stays offline and pure; this only annotates its actions with facts from the hub.
-    """
-    from .sources import hf
-    actions = []
-    for x in plan.actions:
-        if x.action == "fetch" and x.download_bytes is None:
-            a = lock.artifacts[x.path]
-            src = lock.sources[a.fetch.source]
-            if a.is_dir:
-                size = sum(r.size for r in hf.list_files(src, a.fetch.glob))
-            else:
-                size = hf.remote_file(src, a.fetch.path).size
-            x = replace(x, download_bytes=size)
-        actions.append(x)
-    return replace(plan, actions=tuple(actions))
-
-
-class RootLock:
-    """An advisory lock under the root that keeps two applies apart (correctness never needs it)."""
-
-    def __init__(self, root: Path, wait: float):
-        self.dir = root / STATE_DIR
-        self.wait = wait
-        self._lock = FileLock(str(self.dir / "apply.lock"))
-
-    def __enter__(self) -> RootLock:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=self.wait)
-        except Timeout:
-            try:
-                owner = json.loads((self.dir / "apply.owner").read_text())
-            except (OSError, ValueError):
-                owner = {}
-            raise BusyError(f"another apply holds the storage root (pid {owner.get('pid', '?')}, "
-                            f"host {owner.get('host', '?')}, since {owner.get('since', '?')})",
-                            where=str(self.dir.parent),
-                            fix="wait for it to finish, or pass --wait SECONDS to queue behind it") from None
-        owner = {"pid": os.getpid(), "host": platform.node(),
-                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        write_bytes_atomic(self.dir / "apply.owner", json.dumps(owner).encode(), where="apply.owner")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._lock.release()
 
 
 @dataclass
@@ -236,7 +189,7 @@ def _fetch_file(run: _Run, a: Artifact) -> Produced:
     else:
         with staged(final, where=a.path) as out:
             remote = hf.fetch_file(src, a.fetch.path, out, expected_sha256=a.sha256, expected_size=a.size,
-                                   partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
+                                   partial_dir=partial_dir(run.root), progress=run.reporter.advance,
                                    connections=run.connections)
             size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256, expected_size=a.size,
                                mismatch_fix="re-run apply; if upstream really changed, update the pin in the lock")
@@ -281,7 +234,7 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
         came_from[name] = "hub"
         with staged(final, where=f"{a.path}/{name}") as out:
             hf.fetch_file(src, posixpath.join(base, name), out, expected_sha256=exp_sha, expected_size=exp_size,
-                          partial_dir=run.root / STATE_DIR / "partial", progress=run.reporter.advance,
+                          partial_dir=partial_dir(run.root), progress=run.reporter.advance,
                           connections=run.connections)
             size, sha = commit(out, final, where=f"{a.path}/{name}", expected_sha256=exp_sha, expected_size=exp_size)
         run.cache.remember_file(f"{a.path}/{name}", final, sha)
@@ -394,9 +347,9 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
         def attempt(x: Action) -> None:
             bad_input = next((p for p in x.inputs if p in result.failed or p in result.skipped), None)
             if bad_input or stop.stopped:
-                why = (f"input {bad_input} failed" if bad_input in result.failed else
-                       f"input {bad_input} was skipped" if bad_input else "apply stopped at a failure")
-                result.skipped[x.path] = why
+                result.skipped[x.path] = (Skip(SkipReason.INPUT_FAILED, bad_input) if bad_input in result.failed
+                                          else Skip(SkipReason.INPUT_SKIPPED, bad_input) if bad_input
+                                          else Skip(SkipReason.STOPPED))
                 return
             if x.action == "blocked":
                 result.failed[x.path] = ReconcileError(x.reason, where=x.path, fix="resolve the cause named above")

@@ -12,8 +12,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .apply import tool_versions
 from .hashing import pretty_json_bytes, sha256_file
+from .provenance import tool_versions
 from .publish import write_bytes_atomic
 from .spec import Lock
 from .verify import ArtifactStatus, CheckReport

@@ -14,8 +14,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .docs import artifact_size, cell, human_bytes, origin
+from .docs import artifact_size, cell, origin
 from .spec import Artifact, Lock
+from .units import human_bytes
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_CHARS = 60_000

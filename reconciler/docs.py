@@ -17,25 +17,13 @@ import difflib
 import json
 from pathlib import Path
 
-from .lockfile import STATE_DIR
+from .layout import PROVENANCE_README
+from .provenance import read_provenance
 from .publish import write_bytes_atomic
 from .spec import Artifact, Lock, Source
-from .state import read_provenance
+from .units import human_bytes
 
 README_NAME = "README.md"
-PROVENANCE_README = f"{STATE_DIR}/README.provenance.md"
-
-
-def human_bytes(n: int | None) -> str:
-    """`1.5 GB` style (decimal units, like the hub); `?` when unknown."""
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # unreachable: the loop returns at TB
 
 
 def cell(text: object) -> str:

@@ -22,12 +22,21 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .apply import RootLock
 from .errors import BusyError
-from .lockfile import STATE_DIR
-from .publish import TMP_PREFIX
+from .layout import (
+    STATE_DIR,
+    is_link_name,
+    is_temp_name,
+    partial_dir,
+    partial_key,
+    provenance_dir,
+    provenance_path,
+    state_dir,
+    writer_pid,
+)
+from .rootlock import RootLock
 from .spec import Lock
-from .state import provenance_path, untracked
+from .state import untracked
 
 LEGACY_DIRS = ("models", "datasets")
 
@@ -89,20 +98,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _temp_writer_pid(name: str) -> int | None:
-    """The writer's pid encoded in a temp name (`.reconcile-tmp-<name>.<pid>.<hex>`, `<key>.<pid>.link`)."""
-    parts = name.rsplit(".", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-
-
 def resumable_partials(lock: Lock) -> set[str] | None:
     """Partial-download names a fetch of this lock would resume; None when that cannot be known offline.
 
-    The key is the one `sources.hf` derives from (repo, type, commit, file, sha256, size), so
-    a branch revision (commit unknown without the hub) or an unpinned folder makes every
-    partial possibly resumable.
+    The key is `layout.partial_key` of (repo, type, commit, file, sha256, size), so a branch
+    revision (commit unknown without the hub) or an unpinned folder makes every partial possibly
+    resumable.
     """
-    from .sources.hf import _partial_key  # private, but the one definition of the key (see report)
     keys = set()
     for a in lock.artifacts.values():
         if a.fetch is None:
@@ -112,10 +114,10 @@ def resumable_partials(lock: Lock) -> set[str] | None:
             return None
         if a.is_dir:
             base = posixpath.dirname(a.fetch.glob)
-            keys |= {_partial_key(src, src.revision, posixpath.join(base, n), m.sha256, m.size)
+            keys |= {partial_key(src.repo, src.type, src.revision, posixpath.join(base, n), m.sha256, m.size)
                      for n, m in a.files.items()}
         else:
-            keys.add(_partial_key(src, src.revision, a.fetch.path, a.sha256, a.size))
+            keys.add(partial_key(src.repo, src.type, src.revision, a.fetch.path, a.sha256, a.size))
     return keys
 
 
@@ -130,7 +132,7 @@ def _legacy(lock: Lock, root: Path) -> list[Item]:
 
 
 def _temp_item(rel: str, p: Path) -> Item:
-    pid = _temp_writer_pid(p.name)
+    pid = writer_pid(p.name)
     if pid is not None and _pid_alive(pid):
         return Item(rel, "temp", _size(p), f"in use: its writer (pid {pid}) is alive", False)
     return Item(rel, "temp", _size(p), "stale temp file of an interrupted write")
@@ -138,19 +140,19 @@ def _temp_item(rel: str, p: Path) -> Item:
 
 def _state_items(lock: Lock, root: Path) -> list[Item]:
     """Temp files, stale partial downloads and orphan provenance records inside `.reconcile/`."""
-    state = root / STATE_DIR
+    state = state_dir(root)
     out = []
     if not state.is_dir():
         return out
     for dirpath, _, files in os.walk(state):
         for name in sorted(files):
             p = Path(dirpath) / name
-            if name.startswith(TMP_PREFIX) or (p.parent.name == "partial" and name.endswith(".link")):
+            if is_temp_name(name) or (p.parent == partial_dir(root) and is_link_name(name)):
                 out.append(_temp_item(p.relative_to(root).as_posix(), p))
     resumable = resumable_partials(lock)
-    partial = state / "partial"
+    partial = partial_dir(root)
     for p in sorted(partial.iterdir()) if partial.is_dir() else []:
-        if p.name.endswith(".link") or p.name.startswith(TMP_PREFIX):
+        if is_link_name(p.name) or is_temp_name(p.name):
             continue
         rel = p.relative_to(root).as_posix()
         if resumable is None:
@@ -163,7 +165,7 @@ def _state_items(lock: Lock, root: Path) -> list[Item]:
 
 
 def _orphan_provenance(lock: Lock, root: Path) -> list[Item]:
-    folder = root / STATE_DIR / "provenance"
+    folder = provenance_dir(root)
     out = []
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
@@ -189,7 +191,7 @@ def collect(lock: Lock, root: Path) -> GcReport:
         if rel.split("/", 1)[0] in legacy:
             continue  # listed once, as its legacy folder
         p = root / rel
-        found.append(_temp_item(rel, p) if p.name.startswith(TMP_PREFIX)
+        found.append(_temp_item(rel, p) if is_temp_name(p.name)
                      else Item(rel, "untracked", _size(p), "not in the lock"))
     found.extend(_state_items(lock, root))
     root_real = root.resolve()

@@ -21,10 +21,9 @@ import yaml
 from .errors import LockError
 from .fastschema import compile_schema
 from .hashing import sha256_json
+from .layout import STATE_DIR, is_state_path
 from .registry import CHECKS, TRANSFORMS, load_plugins
 from .spec import Artifact, Build, CheckSpec, Fetch, Lock, Member, Source
-
-STATE_DIR = ".reconcile"
 
 
 @cache
@@ -255,7 +254,7 @@ def check_artifact_path(path: str) -> None:
         bad = "must not contain `..` (it would escape the storage root)"
     elif posixpath.normpath(path) != path or path in (".",):
         bad = f"must be normalised (write {posixpath.normpath(path)!r})"
-    elif path.split("/")[0] == STATE_DIR:
+    elif is_state_path(path):
         bad = f"`{STATE_DIR}/` is reserved for reconcile's own state"
     if bad:
         raise LockError(f"artifact path {bad}", where=fmt_path(["artifacts", path]),

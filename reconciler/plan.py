@@ -17,6 +17,7 @@ from .errors import LockError
 from .hashing import sha256_json
 from .registry import TRANSFORMS
 from .spec import Artifact, Lock, Observed
+from .units import human_bytes
 
 FORMAT_VERSION = 1
 ACTIONS = ("ok", "fetch", "build", "rebuild", "blocked")
@@ -147,15 +148,6 @@ def _known_size(a: Artifact) -> int | None:
         sizes = [m.size for m in a.files.values()]
         return None if any(s is None for s in sizes) else sum(sizes)
     return a.size
-
-
-def human_bytes(n: int) -> str:
-    """1536 -> '1.5 KB' (decimal units, like the hub)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _short(sha: str | None) -> str:

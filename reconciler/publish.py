@@ -3,7 +3,7 @@
 Modelled on pooch (fetch, verify, then publish) and huggingface_hub's `file_download`
 (unique temp file in the destination folder, atomic `os.replace`). A reader of a final
 path therefore sees either the old complete file, the new complete file, or nothing.
-Temp names start with `.reconcile-tmp-` so `gc` can recognise stale ones.
+Temp names come from `layout.temp_path_for`, so `gc` can recognise stale ones.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import errno
 import hashlib
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,8 +19,8 @@ from pathlib import Path
 
 from .errors import IntegrityError, ResourceError
 from .hashing import sha256_file
+from .layout import temp_path_for
 
-TMP_PREFIX = ".reconcile-tmp-"
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
@@ -191,11 +190,6 @@ class Output:
         with open(self.path, "rb") as f:
             os.fsync(f.fileno())
         return self.path.stat().st_size, sha256_file(self.path)
-
-
-def temp_path_for(final: Path) -> Path:
-    """A unique temp path in the final path's folder (same filesystem, so rename is atomic)."""
-    return final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
 
 
 def _fsync_dir(path: Path) -> None:

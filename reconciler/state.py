@@ -1,18 +1,17 @@
-"""Observe the disk: what each artifact is now, through a stat cache; provenance records.
+"""Observe the disk: what each artifact is now, through a stat cache.
 
 Observation never writes artifacts; it only records hashes it computed in the stat cache, keyed
 like DVC's by (device, inode, size, mtime_ns) plus ctime_ns, which no user-level tool can set
 back, so an edited file never matches a stale entry. Every hash `plan`, `check` or `apply`
 computes is remembered, so the second `check` of any storage (copied, rsync'ed, pulled by
-another tool) hashes nothing. Where the cache lives: `stat_cache_path`. Provenance is one JSON
-file per artifact (`.reconcile/provenance/`), written atomically, so concurrent applies never
-lose each other's records.
+another tool) hashes nothing. Where the cache lives: `stat_cache_path` (names from `layout`).
+The cache carries a format version (`layout.CACHE_FORMAT`); an unknown or corrupt one is rebuilt
+with one warning. Provenance records are read through `provenance`, their format's owner.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import os
 import sqlite3
 import stat
@@ -22,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .hashing import sha256_file, tree_sha256
-from .lockfile import STATE_DIR
-from .publish import TMP_PREFIX, write_bytes_atomic
+from .layout import CACHE_FORMAT, STATE_DIR, cache_path, is_temp_name, node_cache_path, state_dir
+from .provenance import read_provenance
 from .spec import Artifact, Lock, Observed
+
+log = logging.getLogger(__name__)
 
 # Filesystems where sqlite's locking is unreliable (and every lookup a network round trip): the
 # stat cache of a root on one of these lives on the node instead (`stat_cache_path`).
@@ -64,19 +65,18 @@ def node_state_dir() -> Path:
 def stat_cache_path(root: Path) -> Path:
     """Where the stat cache of `root` lives.
 
-    `<root>/.reconcile/cache.sqlite` when the root is writable and on a local filesystem (the
-    cache travels and is removed with the storage), unless `RECONCILE_STATE_DIR` is set. When the
-    root is read-only, on a network filesystem (sqlite locking is unreliable there, and shared by
-    every node), or `RECONCILE_STATE_DIR` is set, it is node-local:
-    `<node_state_dir()>/roots/<sha256 of the root's real path, 24 hex>/cache.sqlite`.
+    In the root's state folder (`layout.cache_path`) when the root is writable and on a local
+    filesystem (the cache travels and is removed with the storage), unless `RECONCILE_STATE_DIR`
+    is set. When the root is read-only, on a network filesystem (sqlite locking is unreliable
+    there, and shared by every node), or `RECONCILE_STATE_DIR` is set, it is node-local
+    (`layout.node_cache_path` under `node_state_dir()`).
     """
-    state = root / STATE_DIR
+    state = state_dir(root)
     if not os.environ.get("RECONCILE_STATE_DIR"):
         probe = state if state.is_dir() else root
         if os.access(probe, os.W_OK) and _fs_type(probe) not in NETWORK_FS:
-            return state / "cache.sqlite"
-    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:24]
-    return node_state_dir() / "roots" / key / "cache.sqlite"
+            return cache_path(root)
+    return node_cache_path(node_state_dir(), root)
 
 
 class StatCache:
@@ -103,6 +103,7 @@ class StatCache:
         self._check_rows: dict[str, str] = {}  # check key -> detail, not yet written
         self._since = 0.0  # monotonic time of the oldest unwritten row
         self._known: dict[str, tuple[str, str]] | None = None  # the stat table, once `preload`ed
+        self._warned = False  # one warning per process for a rebuilt cache
 
     def _db(self, create: bool = False) -> sqlite3.Connection | None:
         """This thread's connection; None when there is no cache yet (and not `create`) or it is unusable."""
@@ -118,13 +119,37 @@ class StatCache:
                     return None
             self.path = path
             try:
-                db = sqlite3.connect(path, timeout=30, isolation_level=None)
-                db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, key TEXT, sha256 TEXT)")
-                db.execute("CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, detail TEXT)")
-            except sqlite3.Error:
+                db = self._open(path)
+            except (sqlite3.Error, OSError):
                 return None  # no cache (full disk, read-only root): everything is simply hashed
             self._local.db = db
         return db
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        """Connect; a cache of an unknown format or a corrupt one is rebuilt (it only saves work)."""
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, CACHE_FORMAT):
+                raise sqlite3.DatabaseError(f"format {version}, this reconcile reads format {CACHE_FORMAT}")
+            self._create(db, version)
+        except sqlite3.DatabaseError as e:  # not a database, or another format: start afresh
+            db.close()
+            with self._lock:
+                warn, self._warned = not self._warned, True
+            if warn:
+                log.warning("warning: stat cache %s unreadable (%s): rebuilt; files are hashed again", path, e)
+            path.unlink(missing_ok=True)
+            db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._create(db, 0)
+        return db
+
+    @staticmethod
+    def _create(db: sqlite3.Connection, version: int) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS stat (path TEXT PRIMARY KEY, key TEXT, sha256 TEXT)")
+        db.execute("CREATE TABLE IF NOT EXISTS checks (key TEXT PRIMARY KEY, detail TEXT)")
+        if version != CACHE_FORMAT:  # new, or written before versioning (the same tables): stamp it
+            db.execute(f"PRAGMA user_version = {CACHE_FORMAT}")
 
     @staticmethod
     def _key(st: os.stat_result) -> str:
@@ -236,26 +261,6 @@ class StatCache:
                 pass
 
 
-def provenance_path(root: Path, rel: str) -> Path:
-    """Where the provenance record of an artifact lives."""
-    return root / STATE_DIR / "provenance" / (hashlib.sha256(rel.encode()).hexdigest()[:32] + ".json")
-
-
-def read_provenance(root: Path, rel: str) -> dict | None:
-    """The provenance record of an artifact, or None (missing or unreadable = unknown)."""
-    try:
-        rec = json.loads(provenance_path(root, rel).read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) and rec.get("path") == rel else None
-
-
-def write_provenance(root: Path, rel: str, record: dict) -> None:
-    """Atomically write an artifact's provenance record."""
-    data = json.dumps(dict(record, path=rel), sort_keys=True, indent=2).encode() + b"\n"
-    write_bytes_atomic(provenance_path(root, rel), data, where=rel)
-
-
 def _prov_fields(root: Path, rel: str) -> dict:
     prov = read_provenance(root, rel)
     return {"prov_recipe": (prov or {}).get("recipe_hash"), "prov_sha256": (prov or {}).get("sha256"), "prov": prov}
@@ -329,7 +334,7 @@ def untracked(lock: Lock, root: Path) -> list[str]:
             if rel in owned or rel == "README.md" and rel_dir == ".":
                 continue
             parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-            if parent in dirs and not name.startswith(TMP_PREFIX):
+            if parent in dirs and not is_temp_name(name):
                 members = (lock.artifacts[parent].files or {})
                 if not members or name in members:
                     continue

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from reconcile_testing.hub import add_revision
 
-from reconciler.apply import Reporter, apply
+from reconciler.apply import Reporter, Skip, SkipReason, apply
 from reconciler.lockfile import lock_from_data
 from reconciler.verify import check
 
@@ -44,7 +44,7 @@ def test_a_download_cut_at_half_resumes_on_the_next_apply(resume_repo, tmp_path,
 
     monkeypatch.setenv("RECONCILE_HTTP_RETRIES", "1")
     first = apply(lock, tmp_path / "root", keep_going=True, reporter=HubGoesDown())
-    assert "raw/weights.bin" in first.failed and first.skipped == {"copy/weights.bin": "input raw/weights.bin failed"}
+    assert "raw/weights.bin" in first.failed and first.skipped == {"copy/weights.bin": Skip(SkipReason.INPUT_FAILED, "raw/weights.bin")}
     assert not (tmp_path / "root" / "raw" / "weights.bin").exists()  # nothing half-written at the final path
     hub.reset()
     second = apply(lock, tmp_path / "root")

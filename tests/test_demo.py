@@ -103,8 +103,8 @@ def test_lock_resolve_pins_commits_sha256_and_sizes_from_the_hub(demo_store, tmp
 
 
 def test_plan_refresh_asks_the_hub_for_download_sizes(demo_store, tmp_path):
-    from reconciler.apply import plan_for, refresh_sizes
     from reconciler.state import StatCache
+    from reconciler.survey import plan_for, refresh_sizes
     lock = load_lock(DEMO / "storage.lock.yaml")
     plan = plan_for(lock, tmp_path / "storage", StatCache(tmp_path / "storage"))
     assert "of unknown size" in plan.summary()

@@ -11,10 +11,12 @@ import json
 import os
 from pathlib import Path
 
-from reconciler.apply import apply, plan_for
+from reconciler.apply import Skip, SkipReason, apply
 from reconciler.errors import IntegrityError
 from reconciler.lockfile import load_lock
-from reconciler.state import StatCache, read_provenance
+from reconciler.provenance import read_provenance
+from reconciler.state import StatCache
+from reconciler.survey import plan_for
 from reconciler.verify import check
 from tests.fixtures.engine import (
     LOCK_HEAD,
@@ -300,7 +302,7 @@ def test_without_keep_going_apply_stops_at_the_first_failure(tmp_path):
     result = apply(lock, project / "storage")
     assert list(result.failed) == ["bad.json"] and isinstance(result.failed["bad.json"], IntegrityError)
     assert result.done == [] and set(result.skipped) == {"dep.json", "dep2.json", "good.json", "good_copy.json"}
-    assert result.skipped["good.json"] == "apply stopped at a failure"
+    assert result.skipped["good.json"] == Skip(SkipReason.STOPPED)
     assert not (project / "storage" / "bad.json").exists()
 
 

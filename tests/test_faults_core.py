@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.apply import RootLock, apply
+from reconciler.apply import apply
 from reconciler.errors import ResourceError
 from reconciler.lockfile import load_lock
+from reconciler.rootlock import RootLock
 from reconciler.state import StatCache
 from reconciler.verify import check
 from tests.fixtures.engine import (

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.apply import plan_for
 from reconciler.errors import LockError
 from reconciler.lockfile import load_lock, resolve_root
 from reconciler.state import StatCache
+from reconciler.survey import plan_for
 from tests.fixtures.engine import LOCK_HEAD, cli, run_cli, write_lock
 
 WJ = "{build: {transform: write_json, params: {data: 1}}}"

@@ -9,13 +9,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from reconciler.apply import RootLock
 from reconciler.cli import main
 from reconciler.diff import diff_locks, render_markdown
 from reconciler.gc import collect
+from reconciler.layout import TMP_PREFIX, provenance_path
 from reconciler.lockfile import lock_from_data
-from reconciler.publish import TMP_PREFIX
-from reconciler.state import provenance_path, write_provenance
+from reconciler.provenance import write_provenance
+from reconciler.rootlock import RootLock
 
 REV_A, REV_B = "1" * 40, "2" * 40
 SHA = "a" * 64

@@ -11,6 +11,7 @@ import pytest
 from reconcile_testing.hub import LocalHub, add_revision
 
 from reconciler.errors import IntegrityError
+from reconciler.layout import partial_key
 from reconciler.publish import commit, staged
 from reconciler.sources import hf, ranged
 from reconciler.spec import Source
@@ -64,7 +65,7 @@ def test_one_connection_is_one_stream(clean_hub, tmp_path, small_ranges):
 
 def test_parallel_download_resumes_from_the_partial_prefix(clean_hub, tmp_path, small_ranges):
     have = 100_000
-    key = hf._partial_key(SRC, clean_hub.commits["model"], BIG, None, None)
+    key = partial_key(SRC.repo, SRC.type, clean_hub.commits["model"], BIG, None, None)
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / key).write_bytes(BIG_BYTES[:have])
     _, final = _fetch(tmp_path, connections=3)

@@ -10,7 +10,7 @@ from . import ops, storage
 from .app import main
 
 for _cmd in (storage.plan, storage.apply, storage.check, storage.lock_cmd, storage.graph,
-             ops.docs, ops.diff_cmd, ops.gc, ops.attest):
+             storage.attest, ops.docs, ops.diff_cmd, ops.gc):
     main.add_command(_cmd)
 
 __all__ = ["main"]

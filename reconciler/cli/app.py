@@ -5,6 +5,7 @@ Exit codes: `errors.ExitCode` is the one map; `EXIT_HELP` below renders it for `
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -77,7 +78,21 @@ class ReconcileGroup(click.Group):
                 raise
             click.secho(f"internal error: {type(e).__name__}: {e} (set RECONCILE_DEBUG=1 for the traceback)",
                         fg="red", err=True)
-            sys.exit(1)
+            sys.exit(ExitCode.FAILED)
+
+
+class _EchoWarnings(logging.Handler):
+    """Library warnings (e.g. a rebuilt stat cache) as one stderr line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.secho(record.getMessage(), fg="yellow", err=True)
+
+
+def _show_library_warnings() -> None:
+    log = logging.getLogger("reconciler")
+    if not any(isinstance(h, _EchoWarnings) for h in log.handlers):
+        log.addHandler(_EchoWarnings(logging.WARNING))
+    log.propagate = False
 
 
 @click.group(cls=ReconcileGroup, epilog=EXIT_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +105,7 @@ class ReconcileGroup(click.Group):
 @click.pass_context
 def main(ctx, lock, root, no_color):
     """Declarative storage for ML assets: lock -> plan -> apply -> check."""
+    _show_library_warnings()
     if no_color or os.environ.get("NO_COLOR"):  # https://no-color.org: any non-empty value
         ctx.color = False
     ctx.obj = Ctx(lock, root)

@@ -1,6 +1,6 @@
-"""Operations commands: docs, diff, gc, attest.
+"""Operations commands: docs, diff, gc.
 
-Parse, call the library (`reconciler.docs`, `.diff`, `.gc`, `.attest`), render; no logic here.
+Parse, call the library (`reconciler.docs`, `.diff`, `.gc`), render; no logic here.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from ..errors import ExitCode
 
 
 @click.command()
@@ -33,7 +35,7 @@ def docs(obj, check_only, out, with_provenance):
             return
         click.echo("\n".join(diff))
         click.echo(f"{path} is out of date: run `reconcile docs` and commit it.", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
     wrote = d.write_docs(path, text)
     click.echo(f"wrote {path}" if wrote else f"{path} is current.")
 
@@ -56,7 +58,7 @@ def diff_cmd(old_lock, new_lock, as_json, max_chars):
 
 
 def _gc_rows(items, style: str) -> None:
-    from ..docs import human_bytes
+    from ..units import human_bytes
     width = max((len(i.path) for i in items), default=0)
     for i in items:
         click.echo(f"  {click.style(i.kind.ljust(10), fg=style)}  {human_bytes(i.size):>9}  "
@@ -68,8 +70,8 @@ def _gc_rows(items, style: str) -> None:
 @click.pass_obj
 def gc(obj, yes):
     """List (and with --yes delete) what under the storage root the lock does not own."""
-    from ..docs import human_bytes
     from ..gc import collect, remove
+    from ..units import human_bytes
     lock, root = obj.load()
     report = collect(lock, root)
     _gc_rows(report.items, "yellow")
@@ -83,24 +85,3 @@ def gc(obj, yes):
         return
     done = remove(lock, root)
     click.echo(f"Deleted {len(done.items)} item(s), {human_bytes(done.total_bytes)} freed.")
-
-
-@click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.argument("targets", nargs=-1)
-@click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
-@click.pass_obj
-def attest(obj, file, targets, deep):
-    """Run `check` and write an attestation record to FILE (written even when the check fails)."""
-    from ..attest import attest as make_record
-    from ..attest import write_attestation
-    from ..verify import check as run_check
-    lock, root = obj.load()
-    report = run_check(lock, root, list(targets), deep=deep)
-    write_attestation(file, make_record(lock, root, report, obj.lock_path))
-    bad = [a for a in report.artifacts if a.status != "ok"]
-    for a in bad:
-        click.echo(f"  {click.style(a.status.ljust(10), fg='red')}  {a.path}  {a.detail}")
-    tier = "deep" if deep else "fast"
-    click.echo(f"Attested ({tier}): {len(report.artifacts) - len(bad)} ok, {len(bad)} not ok -> {file}")
-    sys.exit(0 if report.ok else 1)

@@ -16,7 +16,7 @@ import time
 
 import click
 
-from ..plan import human_bytes
+from ..units import human_bytes
 
 DEFAULT_INTERVAL = 30.0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import Interrupted, LockError
+from ..errors import ExitCode, Interrupted, LockError
 from .app import complete_artifacts
 
 _ACTION_COLOURS = {"ok": "green", "fetch": "cyan", "build": "blue", "rebuild": "yellow", "blocked": "red"}
@@ -34,9 +34,9 @@ def render_plan(plan, show_ok: bool) -> None:
 @click.pass_obj
 def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
     """Preview what apply would do (offline unless --refresh)."""
-    from ..apply import plan_for, refresh_sizes
     from ..publish import write_bytes_atomic
     from ..state import StatCache
+    from ..survey import plan_for, refresh_sizes
     lock, root = obj.load()
     p = plan_for(lock, root, StatCache(root))
     if refresh:
@@ -48,7 +48,7 @@ def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
     else:
         render_plan(p, show_all)
     if detailed_exitcode and p.pending():
-        sys.exit(2)
+        sys.exit(ExitCode.PENDING)
 
 
 @click.command()
@@ -88,9 +88,9 @@ def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_ca
     reporter.close(ok=result.ok)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
-        sys.exit(0 if result.ok else 1)
+        sys.exit(ExitCode.OK if result.ok else ExitCode.FAILED)
     _render_apply(lock, result)
-    sys.exit(0 if result.ok else 1)
+    sys.exit(ExitCode.OK if result.ok else ExitCode.FAILED)
 
 
 def _render_apply(lock, result) -> None:
@@ -101,12 +101,13 @@ def _render_apply(lock, result) -> None:
         click.secho(f"error: {err.render()}", fg="red", err=True)
     click.echo(f"Apply: {len(result.done)} done, {len(result.failed)} failed, {len(result.skipped)} skipped.")
     if result.hf_cache_bytes:
-        from ..plan import human_bytes
+        from ..units import human_bytes
         click.echo(f"Reused {human_bytes(result.hf_cache_bytes)} ({result.hf_cache_bytes:,} bytes) from the "
                    "Hugging Face cache instead of downloading them.")
-    not_run = [p for p, why in result.skipped.items() if not why.startswith("input ")]  # stopped early
+    from ..apply import SkipReason
+    not_run = [p for p, why in result.skipped.items() if why.reason is SkipReason.STOPPED]
     for path, why in result.skipped.items():
-        if why.startswith("input "):
+        if why.reason is not SkipReason.STOPPED:
             click.echo(f"  skipped  {path}  ({why})")
     if not_run:
         click.echo(f"  {len(not_run)} other action(s) not run: apply stops at the first failure "
@@ -129,17 +130,38 @@ def check(obj, targets, deep, as_json, quiet, attest_file):
 
     TARGETS are artifact paths, folder prefixes or globs (quote globs); none means every artifact.
     """
-    from ..verify import check as run_check
+    run_check(obj, targets, deep, as_json, quiet, attest_file)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("targets", nargs=-1, shell_complete=complete_artifacts)
+@click.option("--deep", is_flag=True, help="Rehash every file and rerun every check, ignoring the caches.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (reconciler/schemas/check.schema.json).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only what failed (nothing when the gate passes).")
+@click.pass_obj
+def attest(obj, file, targets, deep, as_json, quiet):
+    """Same as `check --attest FILE`: the gate, plus an attestation record (written even on failure)."""
+    run_check(obj, targets, deep, as_json, quiet, file)
+
+
+def run_check(obj, targets, deep: bool, as_json: bool, quiet: bool, attest_file: str | None) -> None:
+    """`check` and `attest`, one path: run the gate, write the attestation if asked, render, exit."""
+    from ..verify import check as run_gate
     lock, root = obj.load()
-    report = run_check(lock, root, list(targets), deep=deep)
+    report = run_gate(lock, root, list(targets), deep=deep)
     if attest_file:
-        from ..attest import attest, write_attestation
-        write_attestation(attest_file, attest(lock, root, report, obj.lock_path))
+        from ..attest import attest as make_record
+        from ..attest import write_attestation
+        write_attestation(attest_file, make_record(lock, root, report, obj.lock_path))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         render_check(report, quiet)
-    sys.exit(0 if report.ok else 1)
+        if attest_file and not quiet:
+            click.echo(f"Attestation written to {attest_file}.")
+    sys.exit(ExitCode.OK if report.ok else ExitCode.FAILED)
 
 
 def render_check(report, quiet: bool = False) -> None:
@@ -190,7 +212,7 @@ def lock_cmd(obj, check_only, allow_open, resolve):
             click.echo(f"unpinned: {p.where}" + (f"  (open: {p.reason})" if p.reason else "  (no reason declared)"))
         bad_pins = [p for p in pins if not (allow_open and p.reason)]
         click.echo(f"Lock: valid, {'not ' if problems else ''}canonical, {len(pins)} unpinned value(s).")
-        sys.exit(1 if problems or bad_pins else 0)
+        sys.exit(ExitCode.FAILED if problems or bad_pins else ExitCode.OK)
     changes = lockedit.resolve_from_hub(obj.lock_path, lock) if resolve else lockedit.pin_from_state(
         obj.lock_path, lock, root)
     for c in changes:

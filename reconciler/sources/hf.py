@@ -16,8 +16,6 @@ Read at call time, not import time: `HF_ENDPOINT`, `HF_TOKEN` (else the `hf auth
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 import os
 import queue
 import shutil
@@ -42,6 +40,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from ..errors import IntegrityError, ReconcileError, ResourceError, SourceError
+from ..layout import link_path, partial_key
 from ..publish import HashingWriter, Output
 from ..spec import Source
 from . import ranged
@@ -260,7 +259,7 @@ class _Assembly:
                 while chunk := f.read(_BATCH):
                     writer.write(chunk)
         try:
-            link = partial.with_name(f"{partial.name}.{os.getpid()}.link")
+            link = link_path(partial)
             os.link(staging, link)
             os.replace(link, partial)
         except OSError:
@@ -323,11 +322,6 @@ class _Assembly:
             self.mirror.close()
         if not keep:
             self.partial.unlink(missing_ok=True)
-
-
-def _partial_key(source: Source, commit: str, path: str, sha256: str | None, size: int | None) -> str:
-    ident = json.dumps([source.repo, source.type, commit, path, sha256, size])
-    return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
 def _check_upstream(head: RemoteFile, sha256: str | None, size: int | None, where: str) -> None:
@@ -445,7 +439,7 @@ def fetch_file(source: Source, path: str, out: Output, *, expected_sha256: str |
     head = _head(source, path, where)
     _check_upstream(head, expected_sha256, expected_size, where)
     partial_dir.mkdir(parents=True, exist_ok=True)
-    partial = partial_dir / _partial_key(source, head.commit, path, expected_sha256, expected_size)
+    partial = partial_dir / partial_key(source.repo, source.type, head.commit, path, expected_sha256, expected_size)
     if partial.exists() and partial.stat().st_size > head.size:
         partial.unlink()  # cannot be a prefix of this file
     have = partial.stat().st_size if partial.exists() else 0
