@@ -23,8 +23,8 @@ from .errors import LockError, ReconcileError, TransformError, is_out_of_memory,
 from .hashing import sha256_json, tree_sha256
 from .layout import partial_dir
 from .lockfile import check_root_containment
-from .plan import Action, Plan, build_recipe
-from .provenance import tool_versions, write_provenance
+from .plan import Action, Plan, build_recipe, unpinned
+from .provenance import read_provenance, tool_versions, write_provenance
 from .publish import commit, staged
 from .registry import TRANSFORMS
 from .rootlock import RootLock
@@ -280,8 +280,9 @@ def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produc
             raise TransformError(f"transform {t.name} failed: {type(e).__name__}: {e}", where=a.path,
                                  fix="check the inputs named above; if they are valid, report a bug") from e
         size, sha = commit(out, final, where=a.path, expected_sha256=a.sha256,
-                           mismatch_fix="if the recipe change is intended, set this artifact's sha256 to null, "
-                                        "run apply, then `reconcile lock` to pin the new bytes")
+                           mismatch_fix="the pin was made under this same recipe (same transform, params and "
+                                        "input bytes) but elsewhere: compare tool versions with `reconcile show "
+                                        f"{a.path}`; if the lock was edited by hand, run `reconcile lock` first")
     run.cache.remember_file(a.path, final, sha)
     write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final))
     return Produced(sha, f"{size:,} bytes via {t.name} v{t.version}", "built")
@@ -303,6 +304,8 @@ def refuse_stale(saved: Plan, current: Plan) -> None:
 def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> Produced:
     """Produce one artifact: its published sha256, a line for the user, where the bytes came from."""
     a = run.lock.artifacts[x.path]
+    if x.stale_pin is not None:
+        a = unpinned(a)  # made under another recipe: the old pin says nothing about the new bytes
     if a.fetch is None:
         return _build(run, a, x, sha_of)
     return _fetch_dir(run, a, jobs) if a.is_dir else _fetch_file(run, a)
@@ -356,8 +359,12 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 stop.hit()
                 return
             reporter.step(x)
+            replaced = _replaced_pin(lock, root, x)
             try:
                 got = _run_action(run, x, sha_of, jobs)
+                if replaced:
+                    rec = read_provenance(root, x.path) or {}
+                    write_provenance(root, x.path, rec | {"replaced": replaced})
             except (ReconcileError, OSError) as exc:
                 err = exc if isinstance(exc, ReconcileError) else _os_failure(x.path, exc)
                 if err.where != x.path:  # always name the artifact; keep the source's own place too
@@ -382,6 +389,21 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 attempt(x)
         result.hf_cache_bytes = hf_cache.reused_bytes - reused_before if hf_cache is not None else 0
         return result
+
+
+def _replaced_pin(lock: Lock, root: Path, x: Action) -> dict | None:
+    """For an action that replaces a stale pin: the pin and the recipe it was made under, kept in
+    the new provenance record so `check` can still tell the lock's pin is stale after apply."""
+    a = lock.artifacts[x.path]
+    if x.stale_pin is None or a.sha256 is None:
+        return None
+    old = read_provenance(root, x.path) or {}
+    recipe_hash = a.recipe or (old.get("recipe_hash") if old.get("sha256") == a.sha256 else None)
+    rep = old.get("replaced") or {}
+    if recipe_hash is None and rep.get("sha256") == a.sha256:
+        return rep  # replaced again before `reconcile lock`: keep what the pin was made under
+    recipe = old.get("recipe") if old.get("recipe_hash") == recipe_hash else rep.get("recipe")
+    return {"sha256": a.sha256, "recipe_hash": recipe_hash, "recipe": recipe}
 
 
 def _os_failure(path: str, e: OSError) -> ReconcileError:

@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from .lockfile import lock_from_data, parse_yaml
+from .pins import StalePin, stale_pins
 from .plan import make_plan
 from .publish import write_bytes_atomic
 from .spec import Lock
@@ -73,37 +74,68 @@ def _set(m: CommentedMap, key: str, value) -> None:
         m[key] = value
         return
     keys = list(m.keys())
-    anchor = max((keys.index(k) for k in ("fetch", "build", "sha256", "size", "content_digest") if k in keys),
-                 default=-1)
+    anchor = max((keys.index(k) for k in ("fetch", "build", "sha256", "size", "content_digest", "recipe")
+                  if k in keys), default=-1)
     m.insert(anchor + 1, key, value)
 
 
-def pin_from_state(lock_path: Path, lock: Lock, root: Path) -> list[str]:
-    """Fill open sha256/size/files/revisions from what apply recorded; returns what changed."""
+def _pin_one(m: CommentedMap, a, o, recipe_hash: str | None, repin: bool) -> list[str]:
+    """Write every pin of one artifact together: sha256, size (or files), content_digest, recipe.
+
+    `repin`: the artifact's pins are replaced (it was unpinned or stale); otherwise only missing
+    fields are added (e.g. `recipe` in a lock written before recipes were recorded).
+    """
+    prov = o.prov or {}
+    want: dict = {"sha256": o.sha256}
+    if a.is_dir:
+        sizes = prov.get("member_sizes", {})
+        want["files"] = CommentedMap((n, CommentedMap([("sha256", s), ("size", sizes.get(n))]))
+                                     for n, s in sorted(o.members.items()))
+    else:
+        want["size"] = o.size
+    want["content_digest"] = prov.get("content_digest")
+    want["recipe"] = recipe_hash
+    out = []
+    for key, value in want.items():
+        if value is None:
+            if repin and key == "content_digest" and key in m:
+                del m[key]  # the new bytes are not a safetensors file: no digest may stay behind
+                out.append("content_digest removed")
+            continue
+        if m.get(key) is None or (repin and m.get(key) != value):
+            _set(m, key, value)
+            out.append(f"files ({len(value)} pinned)" if key == "files" else
+                       f"{key} {value[:12] if key == 'recipe' else value}")
+    if "open" in m and repin and out:
+        del m["open"]  # the pin it explained is made now
+        out.append("open note removed")
+    return out
+
+
+@dataclass(frozen=True)
+class LockResult:
+    """What `reconcile lock` changed, and the stale pins it could not re-pin yet."""
+
+    changes: list[str]
+    still_stale: list[StalePin]
+
+
+def pin_from_state(lock_path: Path, lock: Lock, root: Path) -> LockResult:
+    """Pin what apply produced: open values, and stale pins re-pinned with every field together.
+
+    Only bytes that apply produced from the lock's current recipe, still intact, are trusted.
+    """
     doc = load_roundtrip(lock_path)
     observed = observe(lock, root, StatCache(root))
-    current = {x.path: x.action for x in make_plan(lock, observed).actions}
+    plan = {x.path: x for x in make_plan(lock, observed).actions}
     changes: list[str] = []
     commits: dict[str, str] = {}
     for path, a in lock.artifacts.items():
-        o = observed[path]
-        if o.sha256 is None or o.prov_sha256 != o.sha256 or current[path] != "ok":
-            continue  # only bytes that apply produced from the lock's current recipe, still intact, are trusted
-        m = doc["artifacts"][path]
-        if a.sha256 is None:
-            _set(m, "sha256", o.sha256)
-            changes.append(f"{path}: sha256 {o.sha256}")
-        if a.content_digest is None and (o.prov or {}).get("content_digest"):
-            _set(m, "content_digest", o.prov["content_digest"])
-            changes.append(f"{path}: content_digest {o.prov['content_digest']}")
-        if a.size is None and not a.is_dir and o.size is not None:
-            _set(m, "size", o.size)
-            changes.append(f"{path}: size {o.size}")
-        if a.is_dir and not a.files:
-            sizes = (o.prov or {}).get("member_sizes", {})
-            _set(m, "files", CommentedMap((n, CommentedMap([("sha256", s), ("size", sizes.get(n))]))
-                                          for n, s in sorted(o.members.items())))
-            changes.append(f"{path}: files ({len(o.members)} pinned)")
+        o, x = observed[path], plan[path]
+        if o.sha256 is None or o.prov_sha256 != o.sha256 or x.action != "ok":
+            continue
+        repin = a.sha256 is None or x.stale_pin is not None
+        changes += [f"{path}: {c}" for c in _pin_one(doc["artifacts"][path], a, o, o.prov_recipe, repin)]
         if a.fetch is not None and (o.prov or {}).get("commit"):
             commits.setdefault(a.fetch.source, o.prov["commit"])
     for name, commit in commits.items():
@@ -111,8 +143,11 @@ def pin_from_state(lock_path: Path, lock: Lock, root: Path) -> list[str]:
         if not src.pinned and (doc["sources"][name] or {}).get("revision") == src.revision:
             doc["sources"][name]["revision"] = commit
             changes.append(f"sources.{name}: revision {src.revision} -> {commit}")
-    _write(lock_path, doc)
-    return changes
+            if "open" in doc["sources"][name]:
+                del doc["sources"][name]["open"]
+                changes.append(f"sources.{name}: open note removed")
+    new = _write(lock_path, doc)
+    return LockResult(changes, list(stale_pins(new, lambda p: observed[p].prov if p in observed else None).values()))
 
 
 def resolve_from_hub(lock_path: Path, lock: Lock) -> list[str]:
@@ -142,10 +177,11 @@ def resolve_from_hub(lock_path: Path, lock: Lock) -> list[str]:
     return changes
 
 
-def _write(lock_path: Path, doc: CommentedMap) -> None:
+def _write(lock_path: Path, doc: CommentedMap) -> Lock:
     text = dump(doc)
-    lock_from_data(parse_yaml(text, str(lock_path)), str(lock_path))  # never write an invalid lock
+    new = lock_from_data(parse_yaml(text, str(lock_path)), str(lock_path))  # never write an invalid lock
     write_bytes_atomic(lock_path, text.encode("utf-8"), where=str(lock_path))
+    return new
 
 
 def canonical_problems(lock_path: Path) -> list[str]:

@@ -320,7 +320,7 @@ def _to_artifact(path: str, raw: dict) -> Artifact:
                         fix="remove `files` or use `fetch: {glob: ...}`")
     return Artifact(path=path, fetch=fetch, build=build, sha256=raw.get("sha256"), size=raw.get("size"),
                     dtype=raw.get("dtype"), max_size=raw.get("max_size"),
-                    content_digest=raw.get("content_digest"),
+                    content_digest=raw.get("content_digest"), recipe=raw.get("recipe"),
                     checks=_to_checks(raw.get("checks"), where + ["checks"]), files=files, open=raw.get("open"))
 
 

@@ -8,16 +8,16 @@ input does not rebuild its consumers, while an input that will change to unknown
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
 
 from .errors import LockError
 from .hashing import sha256_json
-from .registry import TRANSFORMS
+from .pins import StalePin, build_recipe, fetch_recipe_at, recipe_change, stale_pins
 from .spec import Artifact, Lock, Observed
 from .units import human_bytes
+
+__all__ = ["Action", "Plan", "build_recipe", "make_plan", "recipe_change"]
 
 FORMAT_VERSION = 1
 ACTIONS = ("ok", "fetch", "build", "rebuild", "blocked")
@@ -36,6 +36,7 @@ class Action:
     expected_sha256: str | None = None
     found_sha256: str | None = None
     download_bytes: int | None = None
+    stale_pin: str | None = None  # why the lock's pin no longer holds (re-pinned by `reconcile lock`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class Plan:
         text = (f"Plan: {c['fetch']} to fetch, {c['build']} to build, {c['rebuild']} to rebuild, "
                 f"{c['ok']} up to date")
         text += f", {c['blocked']} blocked" if c["blocked"] else ""
+        stale = sum(a.stale_pin is not None for a in self.actions)
+        if stale:
+            text += f"; {stale} stale pin(s): `reconcile apply && reconcile lock` re-pins them"
         fetches = [a for a in self.actions if a.action == "fetch"]
         if fetches:
             known = sum(a.download_bytes or 0 for a in fetches)
@@ -102,44 +106,7 @@ def fetch_recipe(lock: Lock, a: Artifact, obs: Observed) -> dict:
     prov = obs.prov or {}
     if not src.pinned and prov.get("ref") == src.revision and prov.get("commit"):
         commit = prov["commit"]  # a branch is fresh at the commit it was fetched from; `lock` pins it
-    what = {"path": a.fetch.path} if a.fetch.path else {"glob": a.fetch.glob}
-    return {"fetch": {"repo": src.repo, "type": src.type, "commit": commit, **what}}
-
-
-def build_recipe(a: Artifact, input_sha: Mapping[str, str | None]) -> dict | None:
-    """Transform, version, canonical params and input sha256s; None while an input is unknown."""
-    t = TRANSFORMS[a.build.transform]
-    inputs: dict[str, Any] = {}
-    for name, v in sorted(a.build.inputs.items()):
-        shas = [input_sha[p] for p in (v if isinstance(v, list) else [v])]
-        if any(s is None for s in shas):
-            return None
-        inputs[name] = shas if isinstance(v, list) else shas[0]
-    return {"transform": t.name, "version": t.version, "params": json.loads(json.dumps(a.build.params)),
-            "inputs": inputs}
-
-
-def recipe_change(old: Mapping | None, new: Mapping) -> str:
-    """Say what differs between a recorded recipe and the current one."""
-    if not old:
-        return "recipe changed"
-    if "fetch" in new:
-        o, n = old.get("fetch", {}), new["fetch"]
-        diffs = [f"{k} {o.get(k)} -> {n.get(k)}" for k in sorted(n) if o.get(k) != n.get(k)]
-        return "source changed: " + ", ".join(diffs)
-    if old.get("transform") != new["transform"]:
-        return f"transform changed: {old.get('transform')} -> {new['transform']}"
-    if old.get("version") != new["version"]:
-        return f"transform {new['transform']} version {old.get('version')} -> {new['version']}"
-    op, np_ = old.get("params", {}), new["params"]
-    for k in sorted(set(op) | set(np_)):
-        if op.get(k) != np_.get(k):
-            return f"recipe changed: param {k} {json.dumps(op.get(k))} -> {json.dumps(np_.get(k))}"
-    oi, ni = old.get("inputs", {}), new["inputs"]
-    for k in sorted(set(oi) | set(ni)):
-        if oi.get(k) != ni.get(k):
-            return f"recipe changed: input {k} has new bytes"
-    return "recipe changed"
+    return fetch_recipe_at(lock, a, commit)
 
 
 def _known_size(a: Artifact) -> int | None:
@@ -210,16 +177,38 @@ def _plan_build(a: Artifact, obs: Observed, planned: Mapping[str, str | None],
     return Action(action="ok", reason="recipe and bytes match", **common), obs.sha256
 
 
+def unpinned(a: Artifact) -> Artifact:
+    """The artifact with its pins dropped (what apply produces for a stale pin is not checked
+    against the old bytes; `reconcile lock` pins the new ones)."""
+    return replace(a, sha256=None, size=None, content_digest=None, files=None, recipe=None)
+
+
+def _mark_stale(x: Action, why: StalePin) -> Action:
+    """Say in the plan that this artifact's pin is stale, and what happens to it."""
+    if x.action == "ok":
+        reason = f"matches the new recipe; its pin is stale ({why.reason}): run `reconcile lock`"
+    elif why.upstream is None and not x.reason.startswith("input "):
+        reason = f"{x.reason}; pinned bytes will be replaced"
+    else:
+        reason = x.reason
+    return replace(x, reason=reason, stale_pin=why.reason)
+
+
 def make_plan(lock: Lock, observed: Mapping[str, Observed], untracked: tuple[str, ...] = ()) -> Plan:
     """Decide one action per artifact, in dependency order. Pure: no disk, no network."""
     planned: dict[str, str | None] = {}  # sha256 each artifact will have after apply (None = unknown)
     by_path: dict[str, Action] = {}
+    stale = stale_pins(lock, lambda p: observed[p].prov if p in observed else None)
     for path, a in lock.artifacts.items():
         obs = observed[path]
+        if path in stale:  # the pin is not a promise any more: plan it like an unpinned artifact
+            a = unpinned(a)
         if a.fetch is not None:
             action, sha = _plan_fetch(lock, a, obs)
         else:
             action, sha = _plan_build(a, obs, planned, by_path)
+        if path in stale:
+            action = _mark_stale(action, stale[path])
         by_path[path] = action
         planned[path] = sha
     return Plan(lock.digest, state_digest(observed), tuple(by_path.values()), tuple(untracked))

@@ -77,6 +77,7 @@ class Artifact:
     checks: tuple[CheckSpec, ...] = ()
     files: Mapping[str, Member] | None = None  # glob artifacts: relpath -> member pins
     open: str | None = None  # why a pin is deliberately left open
+    recipe: str | None = None  # hash of the recipe the pins were made under (see reconciler/pins.py)
 
     @property
     def is_dir(self) -> bool:

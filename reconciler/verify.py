@@ -16,6 +16,8 @@ from pathlib import Path
 from .errors import LockError, ReconcileError
 from .hashing import sha256_json
 from .lockfile import check_root_containment
+from .pins import FIX, StalePin, stale_pins
+from .provenance import read_provenance
 from .registry import CHECKS, CheckContext
 from .spec import Artifact, Lock
 from .state import Observed, StatCache, observe
@@ -94,7 +96,9 @@ def _tensor_verdict(a: Artifact, o: Observed, full: Path) -> tuple[str, str] | N
     return None
 
 
-def _bytes_verdict(a: Artifact, o: Observed, full: Path) -> tuple[str, str]:
+def _bytes_verdict(a: Artifact, o: Observed, full: Path, stale: StalePin | None = None) -> tuple[str, str]:
+    if stale is not None:
+        return "stale", f"pinned under another recipe ({stale.reason}): run `{FIX}`"
     if o.kind == "missing":
         return "missing", "missing: run `reconcile apply`"
     if o.kind == "wrong_type":
@@ -163,10 +167,11 @@ def check(lock: Lock, root: Path, targets: list[str] | None = None, *, deep: boo
 def _verdicts(lock: Lock, root: Path, paths: list[str], cache: StatCache, deep: bool) -> list[ArtifactStatus]:
     """Bytes verdict, then declared checks, of each path."""
     observed = observe(lock, root, cache, deep=deep, paths=paths)
+    stale = stale_pins(lock, lambda p: observed[p].prov if p in observed else read_provenance(root, p))
     out = []
     for p in paths:
         a = lock.artifacts[p]
-        status, detail = _bytes_verdict(a, observed[p], root / p)
+        status, detail = _bytes_verdict(a, observed[p], root / p, stale.get(p))
         st = ArtifactStatus(p, status, detail, observed[p].sha256)
         if status in ("ok", "unpinned") and a.checks:
             st.checks = _run_checks(lock, root, a, observed, cache, deep)

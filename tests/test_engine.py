@@ -204,13 +204,14 @@ def test_lock_pins_from_state_keeping_comments(tmp_path):
 
     assert run_cli("apply", cwd=project).code == 0
     res = run_cli("lock", cwd=project)
-    assert res.code == 0 and "Lock: 6 value(s) pinned." in res.out, res.text
+    assert res.code == 0 and "Lock: 9 value(s) pinned." in res.out, res.text  # sha256, size, recipe each
     new = lock_path.read_text()
     assert new.startswith("# storage for the engine tests\n# second line\n")
     assert "notes/open.json:  # free-form notes" in new
     lock = load_lock(lock_path)
     for path, data in small_expected().items():
         assert (lock.artifacts[path].sha256, lock.artifacts[path].size) == (sha(data), len(data))
+        assert lock.artifacts[path].recipe is not None
     res = run_cli("lock", "--check", cwd=project)
     assert res.code == 0 and "Lock: valid, canonical, 0 unpinned value(s)." in res.out, res.text
     assert run_cli("check", cwd=project).code == 0
@@ -307,19 +308,34 @@ def test_without_keep_going_apply_stops_at_the_first_failure(tmp_path):
 
 
 def test_pinned_mismatch_on_rebuild_keeps_the_old_file(small_project):
-    """A recipe change that no longer gives the pinned bytes fails, saying expected vs got; the old file stays."""
+    """A pin that the lock's own recipe does not give fails, saying expected vs got; the old file stays."""
     root = small_project / "storage"
     lock_path = small_project / "storage.lock.yaml"
-    lock_path.write_text(lock_path.read_text().replace("layers: 2", "layers: 3"))
     old = (root / BASE).read_bytes()
+    lock_path.write_text(lock_path.read_text().replace(sha(old), "f" * 64, 1))
     res = run_cli("apply", cwd=small_project)
     assert res.code == 1, res.text
-    new = sha(json_bytes(dict(small_expected_data(), layers=3)))
-    assert f"sha256 mismatch: expected {sha(old)}, got {new}; nothing was published" in res.err
-    assert "fix: if the recipe change is intended, set this artifact's sha256 to null" in res.err
+    assert f"sha256 mismatch: expected {'f' * 64}, got {sha(old)}; nothing was published" in res.err
+    assert "fix: the pin was made under this same recipe" in res.err and "reconcile show" in res.err
     assert (root / BASE).read_bytes() == old
     assert read_provenance(root, BASE)["sha256"] == sha(old), "the record still describes the file on disk"
-    assert temp_files(root) == []
+
+
+def test_recipe_change_of_a_pinned_build_is_a_stale_pin_not_a_mismatch(small_project):
+    """The edited artifact is rebuilt without checking the old pin; check and lock --check say stale until lock."""
+    lock_path = small_project / "storage.lock.yaml"
+    lock_path.write_text(lock_path.read_text().replace("layers: 2", "layers: 3"))
+    plan = run_cli("plan", cwd=small_project)
+    assert "recipe changed: param data" in plan.out and "pinned bytes will be replaced" in plan.out, plan.text
+    assert f"input {BASE} will change" in plan.out
+    assert run_cli("apply", cwd=small_project).code == 0
+    res = run_cli("check", cwd=small_project)
+    assert res.code == 1 and f"stale       {BASE}" in res.out and f"stale       {COPY}" in res.out, res.text
+    assert run_cli("lock", "--check", cwd=small_project).code == 1
+    assert run_cli("lock", cwd=small_project).code == 0
+    assert run_cli("lock", "--check", cwd=small_project).code == 0
+    assert sha(json_bytes(dict(small_expected_data(), layers=3))) == load_lock(lock_path).artifacts[BASE].sha256
+    assert run_cli("check", cwd=small_project).code == 0
 
 
 def small_expected_data() -> dict:

@@ -112,7 +112,10 @@ def _render_apply(lock, result) -> None:
     if not_run:
         click.echo(f"  {len(not_run)} other action(s) not run: apply stops at the first failure "
                    "(--keep-going runs everything that does not depend on it)")
-    if result.done and any(lock.artifacts[p].sha256 is None for p in result.done):
+    stale = {x.path for x in result.plan.actions if x.stale_pin}
+    if any(p in stale for p in result.done):
+        click.echo("Outputs replaced stale pins: run `reconcile lock` to re-pin them (check fails until then).")
+    elif result.done and any(lock.artifacts[p].sha256 is None for p in result.done):
         click.echo("Some outputs are unpinned: run `reconcile lock` to pin them.")
 
 
@@ -202,22 +205,43 @@ def _fix_of(a) -> str:
 def lock_cmd(obj, check_only, allow_open, resolve):
     """Pin open values from what apply produced (trust on first use) and keep the lock canonical."""
     from .. import lockedit
+    from ..pins import FIX, stale_pins
+    from ..provenance import read_provenance
     lock, root = obj.load()
     if check_only:
         problems = lockedit.canonical_problems(obj.lock_path)
         pins = lockedit.open_pins(lock)
+        stale = stale_pins(lock, lambda p: read_provenance(root, p))
         for p in problems:
             click.echo(f"not canonical: {p} (run `reconcile lock` to rewrite it)")
         for p in pins:
             click.echo(f"unpinned: {p.where}" + (f"  (open: {p.reason})" if p.reason else "  (no reason declared)"))
+        _render_stale(stale.values())
         bad_pins = [p for p in pins if not (allow_open and p.reason)]
-        click.echo(f"Lock: valid, {'not ' if problems else ''}canonical, {len(pins)} unpinned value(s).")
-        sys.exit(ExitCode.FAILED if problems or bad_pins else ExitCode.OK)
-    changes = lockedit.resolve_from_hub(obj.lock_path, lock) if resolve else lockedit.pin_from_state(
-        obj.lock_path, lock, root)
+        click.echo(f"Lock: valid, {'not ' if problems else ''}canonical, {len(pins)} unpinned value(s)"
+                   + (f", {len(stale)} stale pin(s)." if stale else "."))
+        sys.exit(ExitCode.FAILED if problems or bad_pins or stale else ExitCode.OK)
+    if resolve:
+        changes, still = lockedit.resolve_from_hub(obj.lock_path, lock), []
+    else:
+        result = lockedit.pin_from_state(obj.lock_path, lock, root)
+        changes, still = result.changes, result.still_stale
     for c in changes:
         click.echo(f"pinned  {c}")
     click.echo(f"Lock: {len(changes)} value(s) pinned." if changes else "Lock: nothing to pin.")
+    if still:
+        _render_stale(still, hint=f"not re-pinned: storage does not hold their new bytes yet; fix: {FIX}")
+        sys.exit(ExitCode.FAILED)
+
+
+def _render_stale(stale, hint: str | None = None) -> None:
+    """One line per pin made under another recipe, then the fix."""
+    from ..pins import FIX
+    stale = list(stale)
+    for s in stale:
+        click.echo(f"stale: artifacts.{json.dumps(s.path)}: pinned under another recipe ({s.reason})")
+    if stale:
+        click.echo(hint or f"fix: {FIX} (re-pins sha256, size, content_digest and recipe together)")
 
 
 @click.command()
