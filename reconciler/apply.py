@@ -316,9 +316,11 @@ FROM_ENV = "from-env"  # apply's default for hf_cache: the user's Hugging Face c
 
 def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: Reporter | None = None,
           saved_plan: Plan | None = None, keep_going: bool = False, jobs: int = 4,
-          wait: float = 0.0, connections: int = 4, hf_cache: HfCache | None | str = FROM_ENV) -> ApplyResult:
+          wait: float = 0.0, connections: int = 4, hf_cache: HfCache | None | str = FROM_ENV,
+          targets: list[str] | None = None) -> ApplyResult:
     """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order).
 
+    `targets` (paths, folder prefixes or globs): only they and what they need upstream.
     `jobs` files download at once; each large one over `connections` connections (Range requests).
     Fetches first look in `hf_cache` (default: the user's Hugging Face cache; None: never) for bytes that
     verify, and download only what it does not hold.
@@ -328,17 +330,18 @@ def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: R
         hf_cache = HfCache.from_env()
     try:
         return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait, connections,
-                      hf_cache)
+                      hf_cache, targets)
     finally:
         cache.flush()  # hashes of what was published, however the run ended
 
 
 def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_plan: Plan | None,
-           keep_going: bool, jobs: int, wait: float, connections: int, hf_cache: HfCache | None) -> ApplyResult:
+           keep_going: bool, jobs: int, wait: float, connections: int, hf_cache: HfCache | None,
+           targets: list[str] | None = None) -> ApplyResult:
     """`apply` itself, under the root lock; the caller flushes the stat cache however it ends."""
     check_root_containment(lock, root)
     with RootLock(root, wait):
-        plan = plan_for(lock, root, cache)
+        plan = plan_for(lock, root, cache, targets)
         if saved_plan is not None:
             refuse_stale(saved_plan, plan)
         run = _Run(lock, root, cache, reporter, hf_cache=hf_cache, connections=connections)

@@ -66,15 +66,15 @@ class Plan:
         text = (f"Plan: {c['fetch']} to fetch, {c['build']} to build, {c['rebuild']} to rebuild, "
                 f"{c['ok']} up to date")
         text += f", {c['blocked']} blocked" if c["blocked"] else ""
-        stale = sum(a.stale_pin is not None for a in self.actions)
-        if stale:
-            text += f"; {stale} stale pin(s): `reconcile apply && reconcile lock` re-pins them"
         fetches = [a for a in self.actions if a.action == "fetch"]
         if fetches:
             known = sum(a.download_bytes or 0 for a in fetches)
             unknown = sum(a.download_bytes is None for a in fetches)
             text += f"; {human_bytes(known)} to download" + (
                 f" (+{unknown} of unknown size: `plan --refresh` asks the hub)" if unknown else "")
+        stale = sum(a.stale_pin is not None for a in self.actions)
+        if stale:
+            text += f"; {stale} stale pin(s): `reconcile apply && reconcile lock` re-pins them"
         return text
 
     def to_json(self) -> dict:

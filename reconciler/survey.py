@@ -11,13 +11,19 @@ from .lockfile import check_root_containment
 from .plan import Plan, make_plan
 from .spec import Lock
 from .state import StatCache, observe, untracked
+from .targets import restrict
 
 
-def plan_for(lock: Lock, root: Path, cache: StatCache) -> Plan:
-    """Observe the root and plan: the read-only half of apply, also used by `reconcile plan`."""
+def plan_for(lock: Lock, root: Path, cache: StatCache, targets: list[str] | None = None) -> Plan:
+    """Observe the root and plan: the read-only half of apply, also used by `reconcile plan`.
+
+    With `targets`, only they and what they need upstream are planned (and files of other
+    artifacts are not reported as untracked).
+    """
     check_root_containment(lock, root)
-    observed = observe(lock, root, cache)
-    return make_plan(lock, observed, tuple(untracked(lock, root)))
+    part = restrict(lock, targets)
+    observed = observe(part, root, cache)
+    return make_plan(part, observed, () if targets else tuple(untracked(lock, root)))
 
 
 def refresh_sizes(lock: Lock, plan: Plan) -> Plan:

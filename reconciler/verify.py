@@ -8,12 +8,11 @@ storage re-reads nothing; `deep` ignores both caches.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import LockError, ReconcileError
+from .errors import ReconcileError
 from .hashing import sha256_json
 from .lockfile import check_root_containment
 from .pins import FIX, StalePin, stale_pins
@@ -21,6 +20,7 @@ from .provenance import read_provenance
 from .registry import CHECKS, CheckContext
 from .spec import Artifact, Lock
 from .state import Observed, StatCache, observe
+from .targets import select
 
 FORMAT_VERSION = 1  # of `check --json`
 
@@ -54,23 +54,6 @@ class CheckReport:
         return {"format_version": FORMAT_VERSION, "ok": self.ok, "tier": "deep" if self.deep else "fast",
                 "hashed_files": self.hashed, "artifacts": [asdict(a) for a in self.artifacts],
                 "failed": [a.path for a in self.artifacts if a.status != "ok"]}
-
-
-def select(lock: Lock, targets: list[str]) -> list[str]:
-    """Artifacts matching any target (a path prefix or a glob); all when no target is given."""
-    if not targets:
-        return list(lock.artifacts)
-    out = []
-    for p in lock.artifacts:
-        for t in targets:
-            t = t.rstrip("/")
-            if p == t or p.startswith(t + "/") or fnmatch.fnmatchcase(p, t):
-                out.append(p)
-                break
-    if not out:
-        raise LockError(f"no artifact matches {' '.join(targets)}", where="targets",
-                             fix="give a path prefix or glob of artifacts in the lock (see `reconcile plan`)")
-    return out
 
 
 def _tensor_verdict(a: Artifact, o: Observed, full: Path) -> tuple[str, str] | None:

@@ -26,25 +26,32 @@ def render_plan(plan, show_ok: bool) -> None:
 
 
 @click.command()
+@click.argument("targets", nargs=-1, shell_complete=complete_artifacts)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the plan for `apply --plan`.")
 @click.option("--all", "show_all", is_flag=True, help="Also list up-to-date artifacts.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 2 when changes are pending.")
 @click.option("--refresh", is_flag=True, help="Ask the hub for the sizes of unpinned downloads (network).")
 @click.pass_obj
-def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
-    """Preview what apply would do (offline unless --refresh)."""
+def plan(obj, targets, as_json, out, show_all, detailed_exitcode, refresh):
+    """Preview what apply would do (offline unless --refresh).
+
+    TARGETS (paths, folder prefixes or quoted globs) limit the plan to them and what they need upstream.
+    """
     from ..publish import write_bytes_atomic
     from ..state import StatCache
     from ..survey import plan_for, refresh_sizes
     lock, root = obj.load()
-    p = plan_for(lock, root, StatCache(root))
+    p = plan_for(lock, root, StatCache(root), list(targets))
     if refresh:
         p = refresh_sizes(lock, p)
     if out:
         write_bytes_atomic(Path(out).resolve(), (json.dumps(p.to_json(), indent=2) + "\n").encode(), where=out)
     if as_json:
         click.echo(json.dumps(p.to_json(), indent=2))
+    elif not root.exists() and not show_all:
+        click.echo(f"Storage root {root} does not exist: apply will create it (`plan --all` lists every artifact).")
+        click.echo(p.summary())
     else:
         render_plan(p, show_all)
     if detailed_exitcode and p.pending():
@@ -52,6 +59,7 @@ def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
 
 
 @click.command()
+@click.argument("targets", nargs=-1, shell_complete=complete_artifacts)
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
               help="Apply a plan saved by `plan --out` (refused if the lock or storage changed since).")
 @click.option("--keep-going", is_flag=True, help="On a failure, skip only what depends on it.")
@@ -65,8 +73,12 @@ def plan(obj, as_json, out, show_all, detailed_exitcode, refresh):
 @click.option("--no-hf-cache", is_flag=True,
               help="Do not reuse files from the Hugging Face cache (also: RECONCILE_NO_HF_CACHE=1).")
 @click.pass_obj
-def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_cache):
-    """Converge storage to the lock, idempotently."""
+def apply(obj, targets, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_cache):
+    """Converge storage to the lock, idempotently.
+
+    TARGETS (paths, folder prefixes or quoted globs): only they and what they need upstream,
+    e.g. `reconcile apply 'models_v2/micro-*'`.
+    """
     from ..apply import FROM_ENV
     from ..apply import apply as run_apply
     from ..plan import Plan
@@ -81,7 +93,8 @@ def apply(obj, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_ca
     reporter = CliReporter(to_stderr=as_json)
     try:
         result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,
-                           wait=wait, connections=connections, hf_cache=None if no_hf_cache else FROM_ENV)
+                           wait=wait, connections=connections, hf_cache=None if no_hf_cache else FROM_ENV,
+                           targets=list(targets))
     except KeyboardInterrupt:
         reporter.close(ok=False)
         raise Interrupted(reporter.left()) from None
@@ -245,11 +258,14 @@ def _render_stale(stale, hint: str | None = None) -> None:
 
 
 @click.command()
+@click.argument("targets", nargs=-1, shell_complete=complete_artifacts)
 @click.option("--format", "fmt", type=click.Choice(["text", "dot"]), default="text", show_default=True)
 @click.pass_obj
-def graph(obj, fmt):
-    """Print the artifact DAG (inputs first)."""
+def graph(obj, targets, fmt):
+    """Print the artifact DAG (inputs first); with TARGETS, only they and their upstream."""
+    from ..targets import restrict
     lock, _ = obj.load()
+    lock = restrict(lock, list(targets))
     if fmt == "dot":
         click.echo("digraph reconcile {\n  rankdir=LR;")
         for p, a in lock.artifacts.items():
