@@ -8,9 +8,11 @@ express (path safety, references, registered transforms and checks, cycles, size
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import posixpath
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -25,6 +27,14 @@ from .layout import STATE_DIR, is_state_path
 from .registry import CHECKS, TRANSFORMS, load_plugins
 from .spec import Artifact, Build, CheckSpec, Fetch, Lock, Member, Source
 
+
+def did_you_mean(name: str, known) -> str:
+    """` (did you mean 'x'?)` for the closest known name, else the known names when they are few."""
+    known = sorted(known)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (known: {', '.join(known)})" if known and len(known) <= 40 else ""
 
 @cache
 def load_schema(name: str) -> dict:
@@ -236,8 +246,15 @@ def validate_schema(data: Any) -> None:
 
 
 def _schema_message(err) -> str:
-    if err.validator == "additionalProperties":
-        return f"unknown field(s): {err.message.split('(')[-1].rstrip(')')}"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = set(err.schema.get("properties") or {})
+        extra = sorted(k for k in err.instance if k not in known)
+        hint = did_you_mean(extra[0], known) if extra and known else ""
+        return f"unknown field(s): {', '.join(map(repr, extra))}{hint}"
+    if err.validator == "type" and isinstance(err.instance, (int, float)) and not isinstance(err.instance, bool) \
+            and "string" in (err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]):
+        return (f"{err.instance!r} is a YAML number where a string is expected: quote it "
+                "(e.g. revision: \"0123456\"; unquoted, YAML reads digits as a number and drops leading zeros)")
     if err.validator == "required":
         return f"missing field: {err.message}"
     if err.validator == "oneOf" and isinstance(err.instance, dict):
@@ -290,8 +307,8 @@ def _to_checks(raw: list, where: list) -> tuple[CheckSpec, ...]:
             (name, params), = item.items()
             params = params or {}
         if name not in CHECKS:
-            raise LockError(f"unknown check {name!r} (known: {', '.join(sorted(CHECKS))})",
-                            where=fmt_path(where + [i]), fix="use a registered check name")
+            raise LockError(f"unknown check {name!r}{did_you_mean(name, CHECKS)}",
+                            where=fmt_path(where + [i]), fix="use a registered check name (`reconcile transforms` lists them)")
         _validate_params(CHECKS[name].params_schema, params, where + [i, name])
         out.append(CheckSpec(name, params))
     return tuple(out)
@@ -302,7 +319,7 @@ def _validate_params(schema: dict, params: Any, where: list) -> None:
     if errors:
         err = _best_match(errors)
         raise LockError(_schema_message(err), where=fmt_path(where + list(err.absolute_path)),
-                        fix="see the transform's or check's params in README.md (`reconcile graph` lists them)")
+                        fix="see its params with `reconcile transforms NAME` (or README.md)")
 
 
 def _to_artifact(path: str, raw: dict) -> Artifact:
@@ -328,8 +345,9 @@ def _check_build(a: Artifact, artifacts: dict) -> None:
     where = ["artifacts", a.path, "build"]
     t = TRANSFORMS.get(a.build.transform)
     if t is None:
-        raise LockError(f"unknown transform {a.build.transform!r} (known: {', '.join(sorted(TRANSFORMS))})",
-                        where=fmt_path(where + ["transform"]), fix="use a registered transform name")
+        raise LockError(f"unknown transform {a.build.transform!r}{did_you_mean(a.build.transform, TRANSFORMS)}",
+                        where=fmt_path(where + ["transform"]),
+                        fix="use a registered transform name (`reconcile transforms` lists them)")
     for name, value in a.build.inputs.items():
         kind = t.inputs.get(name)
         if kind is None:
@@ -358,7 +376,7 @@ def _check_build(a: Artifact, artifacts: dict) -> None:
 
 def _check_refs(a: Artifact, artifacts: dict, sources: dict) -> None:
     if a.fetch is not None and a.fetch.source not in sources:
-        raise LockError(f"no such source: {a.fetch.source!r}", where=fmt_path(["artifacts", a.path, "fetch", "source"]),
+        raise LockError(f"no such source: {a.fetch.source!r}{did_you_mean(a.fetch.source, sources)}", where=fmt_path(["artifacts", a.path, "fetch", "source"]),
                         fix="declare it under `sources:`")
     for i, c in enumerate(a.checks):
         for ref in CHECKS[c.name].refs:
@@ -459,7 +477,42 @@ def load_lock(path: str | Path) -> Lock:
                         fix="run from the folder holding storage.lock.yaml or pass --lock FILE") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LockError(f"cannot read the lock file: {e}", where=str(p), fix="check the file") from None
-    return lock_from_data(parse_yaml(text, str(p)), str(p))
+    data = parse_yaml(text, str(p))
+    try:
+        return lock_from_data(data, str(p))
+    except LockError as e:
+        if e.where != str(p):  # a field path: name the file, and the line when it can be found
+            line = locate_line(text, e.where or "")
+            e.where = f"{p}:{line}: {e.where}" if line else f"{p}: {e.where}"
+        raise
+
+
+_PART = re.compile(r'\.?(?:"((?:[^"\\]|\\.)*)"|\[(\d+)\]|([^.\["]+))')
+
+
+def locate_line(text: str, where: str) -> int | None:
+    """The 1-based line of a field path (`artifacts."a/b".build.params.dim`) in lock text, or None."""
+    parts: list = []
+    for m in _PART.finditer(where):
+        quoted, index, plain = m.groups()
+        parts.append(json.loads(f'"{quoted}"') if quoted is not None else int(index) if index else plain)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if hit is None:
+                break
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def resolve_root(lock_path: str | Path, lock: Lock, override: str | Path | None) -> Path:

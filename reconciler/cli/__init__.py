@@ -6,11 +6,11 @@ registered on the root group, so no command module imports another (no cycle).
 
 from __future__ import annotations
 
-from . import ops, storage
+from . import info, ops, storage
 from .app import main
 
 for _cmd in (storage.plan, storage.apply, storage.check, storage.lock_cmd, storage.graph,
-             storage.attest, ops.docs, ops.diff_cmd, ops.gc):
+             storage.attest, ops.docs, ops.diff_cmd, ops.gc, info.transforms, info.show):
     main.add_command(_cmd)
 
 __all__ = ["main"]
