@@ -23,7 +23,6 @@ from .errors import LockError, ReconcileError, TransformError, is_out_of_memory,
 from .hashing import sha256_json, tree_sha256
 from .layout import partial_dir
 from .lockfile import check_root_containment
-from .pins import source_commits
 from .plan import Action, Plan, build_recipe, unpinned
 from .provenance import read_provenance, tool_versions, write_provenance
 from .publish import commit, staged
@@ -167,14 +166,15 @@ class _Run:
         return replace(src, revision=self.commits[name]), src.revision
 
 
-def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | None, final: Path) -> dict:
+def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | None, final: Path,
+                tensors: dict | None = None) -> dict:
     rec = {"recipe": recipe, "recipe_hash": sha256_json(recipe), "sha256": sha, "size": size,
            "tools": tool_versions(), "info": info or {},
            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "duration_s": round(time.monotonic() - started, 3)}
     if final.suffix == ".safetensors":  # lets `check` say what changed (a dtype, a shape, the values)
         from .models.safetensors_io import manifest_digest, tensor_manifest
-        rec["tensors"] = tensor_manifest(final)
+        rec["tensors"] = tensors if tensors is not None else tensor_manifest(final)  # from the write when known
         rec["content_digest"] = manifest_digest(rec["tensors"])
     return rec
 
@@ -260,23 +260,14 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
 
 def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produced:
     t = TRANSFORMS[a.build.transform]
-    params = json.loads(json.dumps(a.build.params))
-    commits = None
-    if t.reads_lock:  # the same commits the planner saw, plus what this run fetched
-        commits = {**source_commits(run.lock, lambda p: read_provenance(run.root, p)), **run.commits}
-    recipe = build_recipe(a, planned, run.lock, commits)
-    if recipe is None:
-        raise ReconcileError(f"the commit of source {params.get('source')!r} is not known", where=a.path,
-                             fix="fetch that source's files first (reconcile apply), or pin its revision")
-    if t.reads_lock:
-        params["lock"] = {**recipe["lock"], "input_sha256": recipe["inputs"]}
+    recipe = build_recipe(a, planned)
     inputs = {name: ([run.root / p for p in v] if isinstance(v, list) else run.root / v)
               for name, v in a.build.inputs.items()}
     final = run.root / a.path
     started = time.monotonic()
     with staged(final, where=a.path, progress=run.reporter.build_progress(x)) as out:
         try:
-            info = t.fn(inputs, params, out)
+            info = t.fn(inputs, json.loads(json.dumps(a.build.params)), out)
         except ReconcileError:
             raise
         except (MemoryError, OSError, RuntimeError) as e:
@@ -294,7 +285,7 @@ def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produc
                                         "input bytes) but elsewhere: compare tool versions with `reconcile show "
                                         f"{a.path}`; if the lock was edited by hand, run `reconcile lock` first")
     run.cache.remember_file(a.path, final, sha)
-    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final))
+    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final, out.tensors))
     return Produced(sha, f"{size:,} bytes via {t.name} v{t.version}", "built")
 
 

@@ -173,6 +173,9 @@ class Output:
         self.progress = progress
         self._writer: HashingWriter | None = None
         self._opens = 0
+        # A safetensors writer's tensor manifest (name -> dtype, shape, sha256), computed while writing:
+        # apply records it instead of re-reading and re-hashing the published file.
+        self.tensors: dict[str, dict] | None = None
 
     def open(self) -> HashingWriter:
         """Open the staging file for sequential writing, hashing as it goes."""

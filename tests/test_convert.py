@@ -287,3 +287,52 @@ def test_real_layouts_match_upstream_files():
     # total_size counts the float32 inv_freq buffers too (32 layers x 64 x 4 bytes)
     assert n_params(hf) * 4 == index["metadata"]["total_size"] == 10_806_249_472
     assert sum(1 for v in index["weight_map"].values() if v.startswith("pytorch_model-00002")) == 17
+
+
+@pytest.mark.parametrize("case", ["meta", "bin", "safetensors", "micro"])
+def test_the_manifest_computed_while_writing_equals_a_reread(case, meta_ckpt, meta_converted, hf_bin, hf_safetensors,
+                                                             tmp_path):
+    from reconciler.models.micro import micro_model
+    from reconciler.models.safetensors_io import tensor_manifest
+    from reconciler.publish import commit, staged
+
+    hf = {"bin": hf_bin, "safetensors": hf_safetensors}.get(case)
+    fn, inputs, params = {
+        "meta": (torch_to_safetensors, dict(meta_ckpt), {"dtype": "bfloat16"}),
+        "micro": (micro_model, {"base": meta_converted[0]},
+                  {"arch": "mtp", "dim": 32, "n_layers": 5, "n_heads": 2, "vocab_size": 100, "n_future_tokens": 4,
+                   "multiple_of": 32, "dtype": "float16", "init": "slice"}),
+    }.get(case) or (merge_shards, {"index": hf["index"], "shards": hf["shards"]}, {"drop": INV_FREQ})
+    final = tmp_path / "out.safetensors"
+    with staged(final, where="t") as out:
+        fn(inputs, params, out)
+        commit(out, final, where="t", expected_sha256=None)
+    assert out.tensors == tensor_manifest(final)
+    assert list(out.tensors) == sorted(out.tensors)
+
+
+def test_a_write_error_in_the_pipeline_surfaces_and_stops_its_threads(big_meta):
+    """ENOSPC on the writer thread reaches the caller (staged turns it into a ResourceError); no thread is left."""
+    import errno
+    import threading
+
+    from reconciler.models.castwrite import CastWriter
+    from reconciler.models.tensorfile import open_tensor_file
+
+    class FillsUp:
+        def __init__(self):
+            self.n = 0
+
+        def write(self, data):
+            self.n += memoryview(data).nbytes
+            if self.n > 20 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return memoryview(data).nbytes
+
+    before = threading.active_count()
+    with open_tensor_file(big_meta["checkpoint"]) as tf:
+        specs = {e.name: ("F16", e.shape) for e in tf.entries}
+        with pytest.raises(OSError) as e:
+            CastWriter(FillsUp(), specs, lambda name: (tf, tf[name]), "t").run()
+    assert e.value.errno == errno.ENOSPC
+    assert threading.active_count() == before

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import ReconcileError, ResourceError, TransformError
+from .castwrite import CastWriter
 from .checkpoint_layout import LayoutError
-from .safetensors_io import SafetensorsWriter, read_header, torch_dtype
-from .tensorfile import TensorFile, open_tensor_file
+from .safetensors_io import read_header, torch_dtype
+from .tensorfile import Entry, TensorFile, open_tensor_file
 
 
 def read_json(path: Path, where: str) -> dict:
@@ -56,70 +57,73 @@ def open_source(path: Path, where: str) -> TensorFile:
 SAMPLE_BYTES = 4096  # read back and compared per tensor at its start, middle and end
 
 
-def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], get: Callable[[str], object],
-                   where: str) -> int:
-    """Stream tensors into `out` as safetensors, verifying the layout and sampled values.
+def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]],
+                   source: Callable[[str], tuple[TensorFile, Entry]], where: str) -> int:
+    """Cast tensors into `out` as safetensors in one pipelined pass, then verify layout and sampled values.
 
-    `get(name)` returns the source tensor (read when asked, dropped once written). Returns the
-    number of bytes written.
+    `source(name)` returns the (TensorFile, Entry) to read tensor `name` from. Returns the number
+    of bytes written; `out.tensors` is set to the tensor manifest computed on the way.
 
-    Why the output is not re-read and re-hashed in full (it was; that doubled the hashing of a
-    multi-GB file): every byte goes through `out`'s hashing writer, which hashes exactly the
-    buffer it writes (the cast slice, not a copy), and publish pins that sha256. What a full
-    re-read could still catch is a tensor stored somewhere else than its header says (a layout
-    bug), or bytes other than the source's cast (a stale or wrong buffer). The first is proven
-    without data: the writer records the stream offsets each tensor's bytes went to, counted
-    from what `write` accepted, and these must equal the offsets in the header read back from
-    disk by the strict reader (which also checks the tensors tile the file to its last byte).
-    The second is checked against the SOURCE, something the old hash comparison never did:
-    each tensor's first, middle and last 4 KiB are read back from the file and compared with an
-    independent cast of the same source elements.
+    Why the output is not re-read and re-hashed in full: every byte goes through `out`'s hashing
+    writer and the tensor hasher (`castwrite`), which hash exactly the buffers written, and publish
+    pins that sha256. What a full re-read could still catch is a tensor stored somewhere else than
+    its header says (a layout bug), or bytes other than the source's cast (a stale or wrong
+    buffer). The first is proven without data: the writer records the stream offsets each
+    tensor's bytes went to, counted from what `write` accepted, and these must equal the offsets
+    in the header read back from disk by the strict reader (which also checks the tensors tile the
+    file to its last byte). The second is checked against the SOURCE: each tensor's first, middle
+    and last 4 KiB are read back from the file and compared with an independent read and cast of
+    the same source elements (~12 KiB per tensor: the input is still read ~once).
     """
+    for name in specs:
+        _, entry = _open(source, name, where)
+        if not entry.dtype.startswith(("float", "bfloat")):
+            raise TransformError(f"tensor {name} has dtype {entry.dtype}, not a floating-point weight", where=where)
     with out.open() as f, open(out.path, "rb", buffering=0) as readback:
-        writer = SafetensorsWriter(f, specs, digests=False)
+        writer = CastWriter(f, specs, lambda name: _open(source, name, where), where)
+        size = writer.run()
+        f.flush()
         for name in writer.order:
-            tensor = _source(get, name, where)
-            if not tensor.dtype.is_floating_point:
-                raise TransformError(f"tensor {name} has dtype {tensor.dtype}, not a floating-point weight",
-                                     where=where)
-            _, overflow = writer.write(name, tensor)
-            if overflow:
-                raise TransformError(f"tensor {name}: {overflow} finite values overflow {specs[name][0]} "
-                                     "(they would become inf)", where=where,
-                                     fix="convert to bfloat16 or float32 instead")
-            if hasattr(f, "flush"):
-                f.flush()
-            _check_samples(readback, name, tensor, specs[name][0], writer.spans[name], where)
-            del tensor  # only one source tensor resident at a time
-        writer.close()
-        size = f.size
+            tf, entry = _open(source, name, where)
+            _check_samples(readback, tf, entry, specs[name][0], writer.spans[name], where)
     verify_layout(Path(out.path), specs, writer.spans, where)
+    out.tensors = writer.manifest
     return size
 
 
-def _source(get: Callable[[str], object], name: str, where: str):
+def _open(source: Callable[[str], tuple[TensorFile, Entry]], name: str, where: str) -> tuple[TensorFile, Entry]:
     try:
-        return get(name)
+        return source(name)
     except ResourceError:
         raise
     except ReconcileError as e:
         raise TransformError(e.message, where=where, fix=e.fix) from None
 
 
-def _check_samples(readback, name: str, tensor, dtype: str, span: tuple[int, int], where: str) -> None:
+def _check_samples(readback, tf: TensorFile, entry: Entry, dtype: str, span: tuple[int, int], where: str) -> None:
     """The stored bytes at a tensor's start, middle and end equal the source's cast there."""
     import torch
 
     target = torch_dtype(dtype)
-    width = target.itemsize
-    flat, (start, end) = tensor.reshape(-1), span
+    width, name = target.itemsize, entry.name
+    start, end = span
     k = max(SAMPLE_BYTES // width, 1)
-    n = flat.numel()
+    n = entry.numel
+    flat = tf.read(name).reshape(-1) if entry.stride is not None else None
     for first in sorted({0, max(n // 2 - k // 2, 0), max(n - k, 0)}):
-        want = flat[first:first + k].to(target)
+        count = min(k, n - first)
+        if count <= 0:
+            continue
+        if flat is None:
+            raw = bytearray(count * entry.itemsize)
+            tf.pread_into(memoryview(raw), entry.start + first * entry.itemsize, name)
+            src = torch.frombuffer(raw, dtype=getattr(torch, entry.dtype))
+        else:
+            src = flat[first:first + count]
+        want = src.to(target)
         at = start + first * width
-        got = os.pread(readback.fileno(), want.numel() * width, at)
-        if at + len(got) > end or len(got) != want.numel() * width:
+        got = os.pread(readback.fileno(), count * width, at)
+        if at + len(got) > end or len(got) != count * width:
             raise TransformError(f"tensor {name}: the converted file is shorter than its header says", where=where)
         if got == want.view(torch.uint8).numpy().tobytes():
             continue

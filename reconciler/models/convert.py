@@ -46,20 +46,12 @@ def torch_to_safetensors(inputs, params, out):
             raise TransformError(f"{problem} (checked against params.json)", where="checkpoint",
                                  fix="pair the checkpoint with its own params.json, or list extra keys in params.drop")
         keep = sorted(name for name in found if not matches(name, skip))
-        _floating_only(source, keep, "checkpoint")
-        size = write_verified(out, {name: (dtype, found[name]) for name in keep}, source.read, "checkpoint")
+        size = write_verified(out, {name: (dtype, found[name]) for name in keep},
+                              lambda name: (source, source[name]), "checkpoint")
         return {"n_tensors": len(keep), "n_params": sum(math.prod(found[k]) for k in keep),
                 "dtype": params.get("dtype", "float16"), "bytes": size,
                 "source_dtypes": sorted({source[k].dtype for k in keep}),
                 "dropped": sorted(set(found) - set(keep))}
-
-
-def _floating_only(source, names, where: str) -> None:
-    """Every tensor to convert is a floating-point weight (checked from the index, before writing)."""
-    for name in names:
-        if not source[name].dtype.startswith(("float", "bfloat")):
-            raise TransformError(f"tensor {name} has dtype {source[name].dtype}, not a floating-point weight",
-                                 where=where)
 
 
 @transform("merge_shards", "1", inputs={"index": "file", "shards": "list"}, params_schema=_SCHEMA)
@@ -147,26 +139,25 @@ def _shard_keys(path: Path, shard: str) -> dict[str, tuple[str, tuple[int, ...],
 
 
 class _ShardReader:
-    """Source tensors on demand, with at most one shard file open at a time."""
+    """(TensorFile, Entry) of any tensor: each shard opened once (its index parsed once), all closed together."""
 
     def __init__(self, shards: dict[str, Path], found: dict[str, tuple]):
         self._shards, self._found = shards, found
-        self._open: str | None = None
-        self._file = None
+        self._files: dict = {}
 
     def get(self, name: str):
-        """The source tensor `name`, opening its shard if it is not the open one."""
+        """The open shard file holding `name`, and its entry."""
         shard = self._found[name][0]
-        if self._open != shard:
-            self.close()
-            self._file, self._open = open_source(self._shards[shard], f"shards: {shard}"), shard
-        return self._file.read(name)
+        if shard not in self._files:
+            self._files[shard] = open_source(self._shards[shard], f"shards: {shard}")
+        tf = self._files[shard]
+        return tf, tf[name]
 
     def close(self) -> None:
-        """Close the open shard, if any."""
-        if self._file is not None:
-            self._file.close()
-        self._file = self._open = None
+        """Close every open shard."""
+        for tf in self._files.values():
+            tf.close()
+        self._files = {}
 
     def __enter__(self) -> _ShardReader:
         return self

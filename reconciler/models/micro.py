@@ -189,12 +189,18 @@ def _check_base_config(params: Mapping, base_config: dict, base_shapes: Mapping)
 
 
 def _write(out, specs: Mapping[str, tuple[str, tuple[int, ...]]], tensor_for) -> None:
-    """Stream every tensor through the shared writer (it casts to the declared dtype slice by slice)."""
+    """Stream every tensor through the shared writer (it casts to the declared dtype slice by slice).
+
+    The writer's per-tensor sha256s become `out.tensors`, the manifest apply records (no re-read).
+    """
+    manifest = {}
     with out.open() as f:
         writer = SafetensorsWriter(f, specs, METADATA)
         for name in writer.order:
-            writer.write(name, tensor_for(name, specs[name][1]))
+            sha, _ = writer.write(name, tensor_for(name, specs[name][1]))
+            manifest[name] = {"dtype": specs[name][0], "shape": list(specs[name][1]), "sha256": sha}
         writer.close()
+    out.tensors = dict(sorted(manifest.items()))
 
 
 # Version 2: the header is safetensors_io's (save_file's entry key order), no longer a sorted-keys copy.
