@@ -13,7 +13,7 @@ HUB0X_SPEC ?= huggingface_hub==0.36.2
 HUB0X      := $(VENV)/hub0x
 HUB_TESTS  := tests/test_hub.py tests/test_hub_http.py tests/test_source_hf.py tests/test_apply_hub.py tests/test_ranged_download.py tests/test_hf_cache.py
 
-.PHONY: install demo test test-hub0x lint bench clean
+.PHONY: install demo test test-hub0x wheel-check lint bench clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,11 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
-	$(MAKE) test-hub0x
+	$(MAKE) test-hub0x wheel-check
+
+# The wheel, installed (not editable) in a fresh venv beside this venv's torch, run from another folder.
+wheel-check: install
+	.ci/wheel-check $(VENV)
 
 $(HUB0X)/.installed: $(VENV)/.installed
 	rm -rf $(HUB0X)
@@ -52,4 +56,4 @@ bench-real: install
 	$(BIN)/python bench/bench_real.py
 
 clean:
-	rm -rf demo-out bench-out .pytest_cache
+	rm -rf demo-out bench-out .pytest_cache build/wheel-check

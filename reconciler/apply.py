@@ -23,6 +23,7 @@ from .errors import LockError, ReconcileError, TransformError, is_out_of_memory,
 from .hashing import sha256_json, tree_sha256
 from .layout import partial_dir
 from .lockfile import check_root_containment
+from .pins import source_commits
 from .plan import Action, Plan, build_recipe, unpinned
 from .provenance import read_provenance, tool_versions, write_provenance
 from .publish import commit, staged
@@ -260,14 +261,23 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
 
 def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produced:
     t = TRANSFORMS[a.build.transform]
-    recipe = build_recipe(a, planned)
+    params = json.loads(json.dumps(a.build.params))
+    commits = None
+    if t.reads_lock:  # the same commits the planner saw, plus what this run fetched
+        commits = {**source_commits(run.lock, lambda p: read_provenance(run.root, p)), **run.commits}
+    recipe = build_recipe(a, planned, run.lock, commits)
+    if recipe is None:
+        raise ReconcileError(f"the commit of source {params.get('source')!r} is not known", where=a.path,
+                             fix="fetch that source's files first (reconcile apply), or pin its revision")
+    if t.reads_lock:
+        params["lock"] = {**recipe["lock"], "input_sha256": recipe["inputs"]}
     inputs = {name: ([run.root / p for p in v] if isinstance(v, list) else run.root / v)
               for name, v in a.build.inputs.items()}
     final = run.root / a.path
     started = time.monotonic()
     with staged(final, where=a.path, progress=run.reporter.build_progress(x)) as out:
         try:
-            info = t.fn(inputs, json.loads(json.dumps(a.build.params)), out)
+            info = t.fn(inputs, params, out)
         except ReconcileError:
             raise
         except (MemoryError, OSError, RuntimeError) as e:

@@ -117,14 +117,91 @@ def _download(lock: Lock) -> list[str]:
     return lines
 
 
+def _history(lock: Lock) -> list[str]:
+    releases = (lock.raw or {}).get("releases") or []
+    if not releases:
+        return []
+    lines = ["## Version history", "", "From the lock's `releases` (newest first). The newest date is the storage's "
+             "date: `metadata.json`'s `created_at` and the stats file names.", "",
+             "| version | date | changes |", "|---|---|---|"]
+    lines += [f"| {cell(r['version'])} | {cell(r.get('date', ''))} | {cell(r['changes'])} |" for r in releases]
+    return lines + [""]
+
+
+# What each transform deliberately does differently from the WMTP v1 scripts, and why. Rendered
+# for the transforms the lock uses, so the README states it next to the artifacts it concerns.
+V1_DIFFERENCES: dict[str, list[tuple[str, str]]] = {
+    "to_alpaca": [
+        ("CodeContests rows carry two more metadata keys: `language` (python2 / python3) and `contest_site` (the "
+         "upstream `source` enum: codeforces, atcoder, ...); v1's `source: code_contests`, `difficulty` (-1 when "
+         "absent) and `has_tests` are unchanged.", "filter by language or site without re-reading the parquet"),
+        ("A CodeContests problem without a `name` is refused instead of being named `task_{idx}`.",
+         "upstream has no such row, and an index depends on how the split is sharded"),
+        ("Rows whose solution or problem description is empty (or only whitespace) are dropped.",
+         "an empty output or instruction teaches nothing; `task_id` numbering is unaffected (it indexes the full "
+         "list, as in v1)"),
+    ],
+    "alpaca_schema": [("`schema.json` is a full JSON Schema (draft 2020-12) and keeps v1's `dataset`, `format` and "
+                       "`required_fields` keys; v1's `field_types` is its `properties`.",
+                       "`reconcile check` validates every row against it")],
+    "alpaca_stats": [("The stats file is named after the release date in the lock (`<date>_summary.json`), not "
+                      "the day it was computed.", "the same lock must give the same bytes (no wall clock)")],
+    "model_metadata": [
+        ("`created_at` is the release date from the lock; `source.revision` is the pinned commit (not a branch); "
+         "`sha256` lists the weights, tokenizer and original checkpoint; `tokenizer` records the SentencePiece "
+         "facts (type, vocab size, special ids).", "derived from pins, so a revision change rebuilds it and two "
+         "builds are byte-identical"),
+        ("No `files` map.", "the paths are fixed by the layout; `sha256` names each file")],
+    "tokenizer_config": [("`tokenizer_config.json` holds only the keys transformers writes for a LlamaTokenizer; "
+                          "every `tokenizer/` folder also has `special_tokens_map.json` and `tokenizer.json`.",
+                          "a `model_type` key there breaks transformers 5, and without `tokenizer.json` "
+                          "transformers 5 splits indentation differently from SentencePiece")],
+    "mtp_config": [("micro-mtp `configs/config.json` says `intermediate_size` 1536 where v1 wrote 1365.",
+                    "1536 is what the weights hold (LLaMA FFN rule for dim 512, multiple_of 256)")],
+}
+
+
+def _differences(lock: Lock) -> list[str]:
+    used = {a.build.transform for a in lock.artifacts.values() if a.build is not None}
+    rows = [(t, what, why) for t, items in V1_DIFFERENCES.items() if t in used for what, why in items]
+    if not rows:
+        return []
+    lines = ["## Differences from the v1 scripts", "",
+             "What this storage deliberately does differently from the WMTP v1 download/convert scripts:", "",
+             "| transform | difference | reason |", "|---|---|---|"]
+    return lines + [f"| `{t}` | {cell(what)} | {cell(why)} |" for t, what, why in rows] + [""]
+
+
+FAQ = [
+    ("How do I verify the storage?", "`reconcile check` (fast: stat-cached hashes and every declared check) or "
+     "`reconcile check --deep` (rehash every byte); without reconcile, the `sha256sum -c` block above."),
+    ("How do I rebuild an artifact?", "Delete it (or change its recipe in the lock) and run `reconcile apply`: "
+     "only it and what depends on it are rebuilt, and the bytes must match the pin. After an intended change, "
+     "clear its `sha256`, apply, then `reconcile lock` pins the new bytes."),
+    ("How do I add a model?", "In a pull request: declare its repo under `sources:`, add `fetch` artifacts for "
+     "its files and `build` artifacts for the conversions (copy an existing model's entries), run "
+     "`reconcile plan`, `reconcile apply`, `reconcile lock`, `reconcile docs`; CI posts `reconcile diff`."),
+    ("Why is a pin still open?", "`reconcile lock --check` lists each open pin with its reason; the first "
+     "download pins it (`reconcile lock`), or `reconcile lock --resolve` asks the hub."),
+]
+
+
+def _faq() -> list[str]:
+    lines = ["## FAQ", ""]
+    for q, a in FAQ:
+        lines += [f"**{q}** {a}", ""]
+    return lines
+
+
 def render_readme(lock: Lock, lock_name: str) -> str:
-    """The README text for the lock: inventory, how to verify, how to download. Lock-only, deterministic."""
+    """The README text: inventory, verify, download, version history, v1 differences, FAQ. Lock-only, deterministic."""
     head = ["# Storage", "",
             f"Generated by `reconcile docs` from `{lock_name}`; do not edit (re-run `reconcile docs`).", "",
             f"- storage version: `{lock.storage_version}`",
             f"- lock digest: `{lock.digest}`",
             f"- artifacts: {len(lock.artifacts)}", ""]
-    return "\n".join(head + _inventory(lock) + _verify(lock) + _download(lock)).rstrip("\n") + "\n"
+    body = _inventory(lock) + _verify(lock) + _download(lock) + _history(lock) + _differences(lock) + _faq()
+    return "\n".join(head + body).rstrip("\n") + "\n"
 
 
 def _info_lines(info: dict, indent: str = "") -> list[str]:

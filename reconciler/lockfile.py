@@ -353,8 +353,8 @@ def _check_build(a: Artifact, artifacts: dict) -> None:
         if kind is None:
             raise LockError(f"transform {t.name!r} takes no input {name!r} (inputs: {', '.join(t.inputs) or 'none'})",
                             where=fmt_path(where + ["inputs", name]), fix="rename or remove this input")
-        if (kind == "list") != isinstance(value, list):
-            raise LockError(f"must be {'a list of artifact paths' if kind == 'list' else 'one artifact path'}",
+        if kind.endswith("list") != isinstance(value, list):
+            raise LockError(f"must be {'a list of artifact paths' if kind.endswith('list') else 'one artifact path'}",
                             where=fmt_path(where + ["inputs", name]), fix="change the input's shape")
         for ref in value if isinstance(value, list) else [value]:
             if ref not in artifacts:
@@ -378,6 +378,11 @@ def _check_refs(a: Artifact, artifacts: dict, sources: dict) -> None:
     if a.fetch is not None and a.fetch.source not in sources:
         raise LockError(f"no such source: {a.fetch.source!r}{did_you_mean(a.fetch.source, sources)}", where=fmt_path(["artifacts", a.path, "fetch", "source"]),
                         fix="declare it under `sources:`")
+    if a.build is not None and TRANSFORMS[a.build.transform].reads_lock and a.build.params.get("source") is not None:
+        if a.build.params["source"] not in sources:
+            raise LockError(f"no such source: {a.build.params['source']!r}",
+                            where=fmt_path(["artifacts", a.path, "build", "params", "source"]),
+                            fix="name a source declared under `sources:`")
     for i, c in enumerate(a.checks):
         for ref in CHECKS[c.name].refs:
             value = c.params.get(ref)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .hashing import sha256_json
 from .registry import TRANSFORMS
@@ -36,8 +37,38 @@ class StalePin:
     upstream: str | None = None  # the input whose change makes this pin stale (None: its own recipe)
 
 
-def build_recipe(a: Artifact, input_sha: Mapping[str, str | None]) -> dict | None:
-    """Transform, version, canonical params and input sha256s; None while an input is unknown."""
+def source_commits(lock: Lock, prov_of: Callable[[str], Mapping | None]) -> dict[str, str]:
+    """Each source's commit: its pinned revision, or the commit its fetches recorded for the branch.
+
+    The same rule as the planner's fetch recipe, so `reconcile lock` pinning the fetched commit changes nothing.
+    """
+    out = {n: s.revision for n, s in lock.sources.items() if s.pinned}
+    for a in lock.artifacts.values():
+        if a.fetch is None or a.fetch.source in out:
+            continue
+        prov = prov_of(a.path) or {}
+        if prov.get("ref") == lock.sources[a.fetch.source].revision and prov.get("commit"):
+            out[a.fetch.source] = prov["commit"]
+    return out
+
+
+def lock_facts(lock: Lock, a: Artifact, commits: Mapping[str, str]) -> dict | None:
+    """What a `reads_lock` transform learns from the lock; None while its source's commit is unknown."""
+    releases = (lock.raw or {}).get("releases") or [{}]
+    facts: dict[str, Any] = {"storage_version": lock.storage_version, "release_date": releases[0].get("date")}
+    name = a.build.params.get("source")
+    if name is not None:
+        if name not in commits:
+            return None
+        src = lock.sources[name]
+        facts["source"] = {"name": name, "repo": src.repo, "type": src.type, "commit": commits[name]}
+    return facts
+
+
+def build_recipe(a: Artifact, input_sha: Mapping[str, str | None], lock: Lock | None = None,
+                 commits: Mapping[str, str] | None = None) -> dict | None:
+    """Transform, version, canonical params, input sha256s (and, for a `reads_lock` transform, the
+    lock's facts: release and source commit); None while one of them is unknown."""
     t = TRANSFORMS[a.build.transform]
     inputs: dict = {}
     for name, v in sorted(a.build.inputs.items()):
@@ -45,8 +76,14 @@ def build_recipe(a: Artifact, input_sha: Mapping[str, str | None]) -> dict | Non
         if any(s is None for s in shas):
             return None
         inputs[name] = shas if isinstance(v, list) else shas[0]
-    return {"transform": t.name, "version": t.version, "params": json.loads(json.dumps(a.build.params)),
-            "inputs": inputs}
+    recipe = {"transform": t.name, "version": t.version, "params": json.loads(json.dumps(a.build.params)),
+              "inputs": inputs}
+    if t.reads_lock and lock is not None:
+        facts = lock_facts(lock, a, commits or {})
+        if facts is None:
+            return None
+        recipe["lock"] = facts
+    return recipe
 
 
 def fetch_recipe_at(lock: Lock, a: Artifact, commit: str) -> dict:
@@ -84,7 +121,7 @@ def lock_recipe(lock: Lock, a: Artifact, expected: Mapping[str, str | None]) -> 
     """The recipe the lock declares now for `a`, given the sha256 each input will have; None when
     the lock alone cannot say (an unpinned input, or a source on a branch)."""
     if a.build is not None:
-        return build_recipe(a, expected)
+        return build_recipe(a, expected, lock, {n: s.revision for n, s in lock.sources.items() if s.pinned})
     src = lock.sources[a.fetch.source]
     return fetch_recipe_at(lock, a, src.revision) if src.pinned else None
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 
 from .errors import LockError
 from .hashing import sha256_json
-from .pins import StalePin, build_recipe, fetch_recipe_at, recipe_change, stale_pins
+from .pins import StalePin, build_recipe, fetch_recipe_at, recipe_change, source_commits, stale_pins
 from .spec import Artifact, Lock, Observed
 from .units import human_bytes
 
@@ -145,11 +145,11 @@ def _plan_fetch(lock: Lock, a: Artifact, obs: Observed) -> tuple[Action, str | N
     return Action(action="ok", reason="matches its fetch record (unpinned: run `reconcile lock`)", **common), obs.sha256
 
 
-def _plan_build(a: Artifact, obs: Observed, planned: Mapping[str, str | None],
-                by_path: Mapping[str, Action]) -> tuple[Action, str | None]:
+def _plan_build(lock: Lock, a: Artifact, obs: Observed, planned: Mapping[str, str | None],
+                by_path: Mapping[str, Action], commits: Mapping[str, str]) -> tuple[Action, str | None]:
     ins = tuple(a.input_paths())
     blocked = [p for p in ins if by_path[p].action == "blocked"]
-    recipe = build_recipe(a, planned)
+    recipe = build_recipe(a, planned, lock, commits)
     rh = sha256_json(recipe) if recipe else None
     common = {"path": a.path, "kind": "build", "inputs": ins, "recipe_hash": rh,
               "expected_sha256": a.sha256, "found_sha256": obs.sha256}
@@ -160,8 +160,9 @@ def _plan_build(a: Artifact, obs: Observed, planned: Mapping[str, str | None],
     if obs.kind == "missing":
         return Action(action="build", reason="missing", **common), a.sha256
     if recipe is None:
-        changing = next(p for p in ins if planned[p] is None)
-        return Action(action="rebuild", reason=f"input {changing} will change", **common), a.sha256
+        changing = next((f"input {p}" for p in ins if planned[p] is None),
+                        f"source {a.build.params.get('source')!r}")  # its commit is known once fetched
+        return Action(action="rebuild", reason=f"{changing} will change", **common), a.sha256
     if a.sha256 and obs.sha256 != a.sha256:
         return Action(action="rebuild", reason=f"sha256 mismatch: expected {a.sha256}, found {obs.sha256}",
                       **common), a.sha256
@@ -199,6 +200,7 @@ def make_plan(lock: Lock, observed: Mapping[str, Observed], untracked: tuple[str
     planned: dict[str, str | None] = {}  # sha256 each artifact will have after apply (None = unknown)
     by_path: dict[str, Action] = {}
     stale = stale_pins(lock, lambda p: observed[p].prov if p in observed else None)
+    commits = source_commits(lock, lambda p: observed[p].prov if p in observed else None)
     for path, a in lock.artifacts.items():
         obs = observed[path]
         if path in stale:  # the pin is not a promise any more: plan it like an unpinned artifact
@@ -206,7 +208,7 @@ def make_plan(lock: Lock, observed: Mapping[str, Observed], untracked: tuple[str
         if a.fetch is not None:
             action, sha = _plan_fetch(lock, a, obs)
         else:
-            action, sha = _plan_build(a, obs, planned, by_path)
+            action, sha = _plan_build(lock, a, obs, planned, by_path, commits)
         if path in stale:
             action = _mark_stale(action, stale[path])
         by_path[path] = action

@@ -32,11 +32,14 @@ class Transform:
     version: str
     fn: Callable[..., Any]
     params_schema: dict
-    inputs: Mapping[str, str]  # input name -> "file" | "list" | "optional-file"
+    inputs: Mapping[str, str]  # input name -> "file" | "list" | "optional-file" | "optional-list"
     doc: str = ""
     # Optional: params -> exact output size in bytes, known before building. Lets the lock
     # refuse a declared `max_size` that the recipe cannot meet (micro models).
     predict_size: Callable[[Mapping[str, Any]], int] | None = None
+    # True: the transform also reads facts of the lock (release, its source's commit, input sha256s),
+    # passed as params["lock"] and part of its recipe, so a revision or release change rebuilds it.
+    reads_lock: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,12 @@ CHECKS: dict[str, Check] = {}
 
 
 def transform(name: str, version: str, *, inputs: Mapping[str, str], params_schema: dict | None = None,
-              predict_size: Callable[[Mapping[str, Any]], int] | None = None):
+              predict_size: Callable[[Mapping[str, Any]], int] | None = None, reads_lock: bool = False):
     """Decorator registering a transform under `name` with its `version` and schemas."""
 
     def deco(fn):
         TRANSFORMS[name] = Transform(name, version, fn, params_schema or {"type": "object"}, dict(inputs),
-                                     _first_line(fn.__doc__), predict_size)
+                                     _first_line(fn.__doc__), predict_size, reads_lock)
         return fn
 
     return deco
@@ -106,6 +109,7 @@ def _first_line(doc: str | None) -> str:
 PLUGIN_MODULES = (
     "reconciler.files.transforms", "reconciler.files.checks",
     "reconciler.models.convert", "reconciler.models.micro", "reconciler.models.model_configs",
+    "reconciler.models.tokenizer_files",
     "reconciler.models.tensor_checks", "reconciler.models.model_checks",
     "reconciler.datasets.transforms", "reconciler.datasets.alpaca_stats", "reconciler.datasets.alpaca_sample",
     "reconciler.datasets.checks",

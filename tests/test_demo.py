@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -78,14 +79,50 @@ def test_two_builds_are_byte_identical_and_sums_follow_the_model(demo_built, tmp
     assert r.returncode == 0
 
 
-def test_demo_lock_layout_matches_the_wmtp_lock():
-    demo = set(load_lock(DEMO / "storage.lock.yaml").artifacts)
-    real = set(load_lock(DEMO.parents[1] / "storage.lock.yaml").artifacts)
-    top = {p.split("/")[0] + "/" + p.split("/")[1] for p in real}
-    assert top == {p.split("/")[0] + "/" + p.split("/")[1] for p in demo}
-    shared = {p for p in real if not p.split("/")[2] == "raw"} & demo
-    assert len(shared) >= 40  # derived artifacts share paths; only raw upstream names differ
+def _demo_module(name: str):
+    import importlib
+    import sys
+    sys.path.insert(0, str(DEMO))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(DEMO))
 
+
+def test_demo_lock_is_generated_from_the_real_lock():
+    make_lock = _demo_module("make_lock")
+    real = DEMO.parents[1] / "storage.lock.yaml"
+    assert (DEMO / "storage.lock.yaml").read_text() == make_lock.demo_lock_text(real.read_text()), \
+        "examples/demo/storage.lock.yaml is stale: run `python examples/demo/make_lock.py`"
+
+
+def _recipe_shape(lock):
+    """What must not differ between the demo and the real lock: paths, transforms, inputs, checks, fetches."""
+    size_params = {"dim", "vocab_size"}  # the micro models' sizes: the only params make_lock shrinks
+    out = {}
+    for p, a in lock.artifacts.items():
+        build = (a.build.transform, json.dumps(a.build.inputs, sort_keys=True),
+                 json.dumps({k: v for k, v in a.build.params.items() if k not in size_params}, sort_keys=True)) \
+            if a.build else None
+        fetch = (a.fetch.source, a.fetch.path, a.fetch.glob) if a.fetch else None
+        checks = tuple((c.name, tuple(sorted(k for k in c.params if (c.name, k) not in
+                                             {("same_sha256", "sha256")}))) for c in a.checks)
+        out[p] = (build, fetch, checks, a.dtype)
+    return out
+
+
+def test_demo_lock_has_every_artifact_transform_input_and_check_of_the_real_lock():
+    demo = load_lock(DEMO / "storage.lock.yaml")
+    real = load_lock(DEMO.parents[1] / "storage.lock.yaml")
+    assert _recipe_shape(demo) == _recipe_shape(real)
+    assert demo.storage_version == real.storage_version and demo.raw["releases"] == real.raw["releases"]
+    assert {n: s.repo for n, s in demo.sources.items()} == {n: s.repo for n, s in real.sources.items()}
+    # Only sizes shrink: the micro specs' dim and vocab, and the max_size they imply.
+    for p, a in real.artifacts.items():
+        d = demo.artifacts[p]
+        if a.build and a.build.params != d.build.params:
+            assert {k for k in a.build.params if a.build.params[k] != d.build.params[k]} <= {"dim", "vocab_size"}, p
+        assert (a.max_size is None) == (d.max_size is None), p
 
 
 def test_lock_resolve_pins_commits_sha256_and_sizes_from_the_hub(demo_store, tmp_path):

@@ -104,6 +104,18 @@ def test_apply_converges_from_the_cache_alone_with_the_hub_stopped(cached, monke
     assert _checks_pass(project)
 
 
+def test_offline_a_file_the_cache_lacks_fails_alone_with_the_offline_error(cached, monkeypatch):
+    hub, cache, project = cached
+    _blob(cache, DATA_FILES["data/test.parquet"]).unlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = run_cli("apply", "--json", "--keep-going", cwd=project)
+    assert res.code == 1
+    rows = {r["path"]: r for r in res.json()["artifacts"]}
+    assert rows["data/test.parquet"]["status"] == "failed" and "HF_HUB_OFFLINE" in rows["data/test.parquet"]["detail"]
+    assert {rows[p]["origin"] for p in rows if p != "data/test.parquet"} == {"hf-cache"}
+    assert hub.log() == []
+
+
 def test_human_output_says_how_many_bytes_were_reused(cached):
     _, _, project = cached
     res = run_cli("apply", cwd=project)

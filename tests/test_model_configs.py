@@ -16,8 +16,15 @@ from tests.test_micro import MICRO_MTP, SMALL_LLAMA, SMALL_MTP, build, run_check
 
 MTP_UP = UPSTREAM / "multi-token-prediction"
 SHEARED = UPSTREAM / "Sheared-LLaMA-2.7B"
-META = {"model_name": "micro-mtp", "storage_version": "2024.1", "source_repo": "facebook/multi-token-prediction",
-        "source_revision": "0" * 40, "tokenizer_shared_with": ["micro-ref", "mtp-7b"]}
+META = {"model_name": "micro-mtp", "source": "meta-mtp", "tokenizer_shared_with": "meta-llama-mtp"}
+
+
+def with_lock(params: dict, inputs: dict) -> dict:
+    """model_metadata's params as apply passes them: the lock's facts next to the lock's params."""
+    shas = {k: [sha256_file(p) for p in v] if isinstance(v, list) else sha256_file(v) for k, v in inputs.items()}
+    return {**params, "lock": {"storage_version": "2.0.0", "release_date": "2026-11-30", "input_sha256": shas,
+                               "source": {"name": "meta-mtp", "repo": "facebook/multi-token-prediction",
+                                          "type": "model", "commit": "0" * 40}}}
 
 
 def _need(path):
@@ -33,8 +40,11 @@ def micro(tmp_path, tokenizer_model):
     build("micro_params", {}, SMALL_MTP, tmp_path / "params.json")
     build("meta_adapter", {"params": tmp_path / "params.json", "weights": tmp_path / "model.safetensors"}, {},
           tmp_path / "configs" / "meta_adapter.yaml")
-    build("model_metadata", {"weights": tmp_path / "model.safetensors", "tokenizer": tokenizer_model}, META,
-          tmp_path / "metadata.json")
+    inputs = {"weights": tmp_path / "model.safetensors", "tokenizer": tokenizer_model}
+    build("model_metadata", inputs, with_lock(META, inputs), tmp_path / "metadata.json")
+    build("mtp_config", {"params": tmp_path / "params.json", "weights": tmp_path / "model.safetensors"},
+          {"model_name": "micro-mtp", "max_position_embeddings": 4096, "target_device": "mps"},
+          tmp_path / "configs" / "config.json")
     return tmp_path
 
 
@@ -71,23 +81,52 @@ def test_meta_adapter_refuses_params_that_are_not_the_weights(micro):
               micro / "b.yaml")
 
 
-# ---- tokenizer_config ---------------------------------------------------------------------------------
+# ---- mtp_config (micro-mtp configs/config.json) -------------------------------------------------------
+
+WMTP_CONFIG_FIELDS = {"model_name", "n_future_tokens", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "intermediate_size", "rope_theta", "max_position_embeddings",
+                      "rms_norm_eps", "vocab_size", "dtype", "target_device"}
+
+
+def test_mtp_config_has_the_fields_the_wmtp_scripts_read(micro):
+    c = json.loads((micro / "configs" / "config.json").read_text())
+    assert set(c) == WMTP_CONFIG_FIELDS
+    p = json.loads((micro / "params.json").read_text())
+    assert (c["hidden_size"], c["num_hidden_layers"], c["n_future_tokens"], c["vocab_size"]) == \
+        (p["dim"], p["n_layers"], p["n_future_tokens"], p["vocab_size"])
+    assert (c["dtype"], c["model_name"], c["target_device"]) == ("float16", "micro-mtp", "mps")
+
+
+def test_mtp_config_of_the_micro_spec_writes_what_the_weights_hold(tmp_path):
+    build("micro_params", {}, MICRO_MTP, tmp_path / "params.json")
+    w = tmp_path / "w.safetensors"
+    save_file({"tok_embeddings.weight": torch.zeros(32000, 512, dtype=torch.float16)}, str(w))
+    build("mtp_config", {"params": tmp_path / "params.json", "weights": w},
+          {"model_name": "micro-mtp", "max_position_embeddings": 4096}, tmp_path / "config.json")
+    c = json.loads((tmp_path / "config.json").read_text())
+    assert c["intermediate_size"] == 1536  # v1 wrote 1365; the Meta-layout FFN of dim 512 is 1536
+
+
+# ---- tokenizer files -------------------------------------------------------------------------------
 
 @pytest.mark.upstream
-def test_tokenizer_config_of_the_real_llama2_tokenizer(tmp_path):
+def test_tokenizer_files_of_the_real_llama2_tokenizer_are_sheared_upstreams(tmp_path):
     tok = _need(MTP_UP / "tokenizer.model")
     build("tokenizer_config", {"tokenizer": tok}, {}, tmp_path / "tokenizer_config.json")
-    c = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert (c["vocab_size"], c["unk_id"], c["bos_id"], c["eos_id"], c["pad_id"]) == (32000, 0, 1, 2, None)
-    assert (c["unk_token"], c["bos_token"], c["eos_token"]) == ("<unk>", "<s>", "</s>")
-    assert (c["model_type"], c["byte_fallback"], c["tokenizer_class"]) == ("BPE", True, "LlamaTokenizer")
+    build("special_tokens_map", {"tokenizer": tok}, {}, tmp_path / "special_tokens_map.json")
+    # What transformers itself wrote for this tokenizer in the Sheared-LLaMA repo, key for key.
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        assert json.loads((tmp_path / name).read_text()) == json.loads(_need(SHEARED / name).read_text()), name
 
 
-def test_tokenizer_config_is_canonical_json(tmp_path, tokenizer_model):
-    build("tokenizer_config", {"tokenizer": tokenizer_model}, {"tokenizer_class": "X"}, tmp_path / "t.json")
+def test_tokenizer_config_is_transformers_keys_only(tmp_path, tokenizer_model):
+    build("tokenizer_config", {"tokenizer": tokenizer_model}, {"model_max_length": 4096}, tmp_path / "t.json")
     raw = (tmp_path / "t.json").read_bytes()
     c = json.loads(raw)
-    assert raw == pretty_json_bytes(c) and c["vocab_size"] == 1000 and c["tokenizer_class"] == "X"
+    assert raw == pretty_json_bytes(c) and "model_type" not in c and "vocab_size" not in c
+    assert (c["tokenizer_class"], c["add_bos_token"], c["add_eos_token"], c["model_max_length"]) == \
+        ("LlamaTokenizer", True, False, 4096)
+    assert (c["bos_token"]["content"], c["eos_token"]["content"], c["unk_token"]["content"]) == ("<s>", "</s>", "<unk>")
 
 
 def test_tokenizer_config_refuses_a_non_tokenizer(tmp_path):
@@ -96,26 +135,69 @@ def test_tokenizer_config_refuses_a_non_tokenizer(tmp_path):
         build("tokenizer_config", {"tokenizer": tmp_path / "bad.model"}, {}, tmp_path / "t.json")
 
 
+@pytest.fixture
+def tok_folder(tmp_path, tokenizer_model):
+    """A tokenizer/ folder as the lock builds it (tokenizer.json as the upstream repos ship it)."""
+    from reconcile_testing.tokenizer import tokenizer_json_bytes
+    (tmp_path / "tokenizer.model").write_bytes(tokenizer_model.read_bytes())
+    (tmp_path / "tokenizer.json").write_bytes(tokenizer_json_bytes(tokenizer_model))
+    for name in ("tokenizer_config", "special_tokens_map"):
+        build(name, {"tokenizer": tokenizer_model}, {}, tmp_path / f"{name}.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+def test_tokenizer_files_check_passes_for_the_folder(tok_folder, name):
+    assert run_check("tokenizer_files", tok_folder, name, {"model": "tokenizer.model"}).startswith(f"{name} matches")
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("tokenizer_config.json", lambda d: d.update(model_type="BPE"), "key 'model_type' is there"),
+    ("tokenizer_config.json", lambda d: d.update(add_bos_token=False), "BOS must be added"),
+    ("special_tokens_map.json", lambda d: d["eos_token"].update(content="<eos>"), "eos_token is '<eos>'"),
+    ("tokenizer.json", lambda d: d["model"]["vocab"].update({"▁x": 5}), "vocab has"),
+    ("tokenizer.json", lambda d: d["model"].update(byte_fallback=False), "byte_fallback False"),
+])
+def test_tokenizer_files_check_names_what_does_not_belong(tok_folder, name, edit, message):
+    d = json.loads((tok_folder / name).read_text())
+    edit(d)
+    (tok_folder / name).write_text(json.dumps(d))
+    with pytest.raises(CheckFailed, match=message):
+        run_check("tokenizer_files", tok_folder, name, {"model": "tokenizer.model"})
+
+
 # ---- model_metadata and hf_config ------------------------------------------------------------------
 
-def test_model_metadata_counts_from_the_header_and_hashes_inputs(micro, tokenizer_model):
+def test_model_metadata_is_derived_from_the_header_and_the_lock(micro, tokenizer_model):
     ckpt = micro / "consolidated.pth"
     ckpt.write_bytes(b"raw checkpoint bytes")
     params = {**META, "target_device": "mps", "extra": {"note": "micro"}}
-    inputs = {"weights": micro / "model.safetensors", "tokenizer": tokenizer_model, "checkpoint": ckpt}
-    build("model_metadata", inputs, params, micro / "m1.json")
-    build("model_metadata", inputs, params, micro / "m2.json")
+    inputs = {"weights": micro / "model.safetensors", "tokenizer": tokenizer_model, "checkpoint": [ckpt]}
+    build("model_metadata", inputs, with_lock(params, inputs), micro / "m1.json")
+    build("model_metadata", inputs, with_lock(params, inputs), micro / "m2.json")
     m = json.loads((micro / "m1.json").read_text())
     assert (micro / "m1.json").read_bytes() == (micro / "m2.json").read_bytes()
     assert (m["n_params"], m["dtype"], m["target_device"], m["note"]) == (288_192, "float16", "mps", "micro")
-    assert m["checkpoint_sha256"] == sha256_file(ckpt) and m["tokenizer_sha256"] == sha256_file(tokenizer_model)
-    assert m["tokenizer_shared_with"] == ["micro-ref", "mtp-7b"] and m["source_revision"] == "0" * 40
+    assert m["sha256"] == {"checkpoint": {"consolidated.pth": sha256_file(ckpt)},
+                           "tokenizer": {"tokenizer.model": sha256_file(tokenizer_model)},
+                           "weights": {"model.safetensors": sha256_file(micro / "model.safetensors")}}
+    assert m["source"] == {"repo": "facebook/multi-token-prediction", "revision": "0" * 40}
+    assert (m["created_at"], m["version"], m["format"], m["tokenizer_shared_with"]) == \
+        ("2026-11-30", "2.0.0", "safetensors", "meta-llama-mtp")
+    assert m["tokenizer"] == {"type": "sentencepiece", "model_type": "BPE", "vocab_size": 1000, "byte_fallback": True,
+                              "bos_id": 1, "eos_id": 2, "unk_id": 0, "pad_id": None}
 
 
 def test_model_metadata_refuses_extra_keys_that_clash(micro, tokenizer_model):
+    inputs = {"weights": micro / "model.safetensors", "tokenizer": tokenizer_model}
     with pytest.raises(TransformError, match=r"extra keys \['n_params'\]"):
-        build("model_metadata", {"weights": micro / "model.safetensors", "tokenizer": tokenizer_model},
-              {**META, "extra": {"n_params": 1}}, micro / "m.json")
+        build("model_metadata", inputs, with_lock({**META, "extra": {"n_params": 1}}, inputs), micro / "m.json")
+
+
+def test_model_metadata_outside_apply_asks_for_the_lock(micro, tokenizer_model):
+    with pytest.raises(TransformError, match="needs the lock's facts"):
+        build("model_metadata", {"weights": micro / "model.safetensors", "tokenizer": tokenizer_model}, META,
+              micro / "m.json")
 
 
 @pytest.mark.upstream
@@ -138,12 +220,22 @@ def test_hf_config_refuses_an_absent_drop_key(tmp_path):
 
 # ---- config_consistent -------------------------------------------------------------------------------
 
-ALL_REFS = {"params": "params.json", "adapter": "configs/meta_adapter.yaml", "metadata": "metadata.json"}
+ALL_REFS = {"params": "params.json", "adapter": "configs/meta_adapter.yaml", "metadata": "metadata.json",
+            "config": "configs/config.json"}
 
 
 def test_config_consistent_passes_for_derived_configs(micro):
     detail = run_check("config_consistent", micro, "model.safetensors", ALL_REFS)
-    assert "4 sources agree" in detail and "n_params" in detail and "kv_dim" in detail
+    assert "5 sources agree" in detail and "n_params" in detail and "kv_dim" in detail
+
+
+def test_config_consistent_catches_an_mtp_config_json_that_disagrees(micro):
+    c = json.loads((micro / "configs" / "config.json").read_text())
+    (micro / "configs" / "config.json").write_text(json.dumps({**c, "intermediate_size": 1365,
+                                                                  "n_future_tokens": c["n_future_tokens"] + 1}))
+    with pytest.raises(CheckFailed) as e:
+        run_check("config_consistent", micro, "model.safetensors", ALL_REFS)
+    assert "configs/config.json says 1365" in str(e.value) and "n_future_tokens: weights" in str(e.value)
 
 
 def test_config_consistent_names_the_field_when_metadata_disagrees(micro):

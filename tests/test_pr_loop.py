@@ -24,8 +24,10 @@ MODEL = f"{MICRO}/safetensors/model.safetensors"
 MBPP = "datasets_v2/mbpp/processed/train.jsonl"
 # What a dim change reaches: the edited two, and everything downstream of them.
 DIM_EDITED = {MODEL, f"{MICRO}/configs/params.json"}
-DIM_DOWNSTREAM = {f"{MICRO}/configs/meta_adapter.yaml", f"{MICRO}/metadata.json", f"{MICRO}/safetensors/SHA256SUMS"}
-MBPP_DOWNSTREAM = {"datasets_local_small/mbpp_small/train.jsonl", "datasets_v2/mbpp/stats/summary.json"}
+DIM_DOWNSTREAM = {f"{MICRO}/configs/meta_adapter.yaml", f"{MICRO}/configs/config.json", f"{MICRO}/metadata.json",
+                  f"{MICRO}/safetensors/SHA256SUMS"}
+RELEASE_DATE = load_lock(DEMO / "storage.lock.yaml").raw["releases"][0]["date"]  # names the stats files
+MBPP_DOWNSTREAM = {"datasets_local_small/mbpp_small/train.jsonl", f"datasets_v2/mbpp/stats/{RELEASE_DATE}_summary.json"}
 HE_RAW = "datasets_v2/humaneval/raw/test-00000-of-00001.parquet"
 
 
@@ -93,7 +95,7 @@ def test_recipe_change_is_one_apply_and_one_lock(pinned_demo):
     # 2. one apply builds them all (the stale pins are not checked against the new bytes)
     res = run_cli("apply", cwd=pinned_demo)
     assert res.code == 0, res.text
-    assert "Apply: 8 done, 0 failed, 0 skipped." in res.out
+    assert f"Apply: {len(stale)} done, 0 failed, 0 skipped." in res.out
     assert "run `reconcile lock` to re-pin them" in res.out
     plan = run_cli("plan", "--detailed-exitcode", cwd=pinned_demo)
     assert plan.code == 0 and f"{len(stale)} stale pin(s)" in plan.out, plan.text
@@ -135,7 +137,7 @@ def test_revision_change_of_a_source_is_one_apply_and_one_lock(pinned_demo, hub)
     before = load_lock(lock_path)
     old = before.sources["humaneval"].revision
     lock_path.write_text(lock_path.read_text().replace(old, commit))
-    users = {HE_RAW, "datasets_v2/humaneval/processed/test.jsonl", "datasets_v2/humaneval/stats/summary.json",
+    users = {HE_RAW, "datasets_v2/humaneval/processed/test.jsonl", f"datasets_v2/humaneval/stats/{RELEASE_DATE}_summary.json",
              "datasets_local_small/humaneval_small/test.jsonl"}
 
     plan = run_cli("plan", cwd=pinned_demo)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "storage.lock.yaml"
 MODELS = ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
 DATASETS = ("codecontests", "mbpp", "humaneval")
+RELEASE_DATE = yaml.safe_load(LOCK.read_text())["releases"][0]["date"]
 
 
 def _cli(*args, cwd: Path):
@@ -50,7 +51,8 @@ def test_plan_lists_every_layout_folder_offline(fresh):
         assert any(p.startswith(f"models_v2/{m}/configs/") for p in paths)
     for d in DATASETS:
         assert any(p.startswith(f"datasets_v2/{d}/raw/") for p in paths)
-        assert f"datasets_v2/{d}/processed/schema.json" in paths and f"datasets_v2/{d}/stats/summary.json" in paths
+        assert f"datasets_v2/{d}/processed/schema.json" in paths
+        assert f"datasets_v2/{d}/stats/{RELEASE_DATE}_summary.json" in paths
         assert any(p.startswith(f"datasets_local_small/{d}_small/") for p in paths)
     assert any(p.startswith("models_v2/meta-llama-mtp/raw/") for p in paths)
 
@@ -115,5 +117,29 @@ def test_a_revision_change_cascades_to_the_micro_models_and_datasets():
             "models_v2/micro-mtp/safetensors/SHA256SUMS", "models_v2/micro-mtp/metadata.json"} <= rebuilt
     new["sources"]["code-contests"]["revision"] = "2" * 40
     rebuilt = {e["path"] for e in _diff(old, new)["rebuilt"]}
-    assert {"datasets_v2/codecontests/processed/train.jsonl", "datasets_v2/codecontests/stats/summary.json",
+    assert {"datasets_v2/codecontests/processed/train.jsonl", f"datasets_v2/codecontests/stats/{RELEASE_DATE}_summary.json",
             "datasets_local_small/codecontests_small/train.jsonl"} <= rebuilt
+
+
+def test_stats_files_are_named_by_the_release_date_of_the_lock():
+    lock = load_lock(LOCK)
+    stats = sorted(p for p in lock.artifacts if "/stats/" in p)
+    assert stats == [f"datasets_v2/{d}/stats/{RELEASE_DATE}_summary.json" for d in sorted(DATASETS)]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", RELEASE_DATE)
+
+
+def test_metadata_names_a_lock_source_and_a_release_date_field_is_required_for_it():
+    from reconciler.pins import lock_facts
+    lock = load_lock(LOCK)
+    for m in MODELS:
+        a = lock.artifacts[f"models_v2/{m}/metadata.json"]
+        assert a.build.params["source"] in lock.sources
+        facts = lock_facts(lock, a, {a.build.params["source"]: "c" * 40})
+        assert facts["release_date"] == RELEASE_DATE and facts["source"]["commit"] == "c" * 40
+
+
+def test_storage_readme_has_the_version_history_the_v1_differences_and_a_faq():
+    text = (ROOT / "storage" / "README.md").read_text()
+    for section in ("## Version history", "## Differences from the v1 scripts", "## FAQ"):
+        assert section in text
+    assert f"| 2.0.0 | {RELEASE_DATE} |" in text and "How do I add a model?" in text

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from ..errors import TransformError
-from ..hashing import pretty_json_bytes, sha256_file
+from ..hashing import pretty_json_bytes
 from ..registry import transform
 from .checkpoint_layout import ffn_hidden_dim
 from .nets import HeaderError, WeightsSummary, read_summary
@@ -76,6 +76,34 @@ def meta_adapter(inputs, params, out):
     cfg["dtype"] = weights.dtype
     with out.open() as f:
         f.write(yaml.safe_dump(cfg, sort_keys=True, default_flow_style=False).encode("utf-8"))
+    return {"dtype": cfg["dtype"], "intermediate_size": cfg["intermediate_size"]}
+
+
+MTP_CONFIG_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["model_name", "max_position_embeddings"],
+    "properties": {"model_name": {"type": "string", "minLength": 1}, "target_device": {"type": "string"},
+                   "max_position_embeddings": {"type": "integer", "minimum": 1}},
+}
+
+
+@transform("mtp_config", "1", inputs={"params": "file", "weights": "file"}, params_schema=MTP_CONFIG_SCHEMA)
+def mtp_config(inputs, params, out):
+    """configs/config.json of a Meta-layout MTP model: the fields the WMTP scripts read, sizes from params.json.
+
+    Same derivation as meta_adapter (params.json checked against the weights' embedding; dtype from
+    the header), so config.json, params.json and the weights cannot disagree.
+    """
+    weights = read_weights(inputs["weights"], "weights")
+    if len(weights.dtypes) != 1:
+        raise TransformError(f"the weights mix dtypes {weights.dtypes}; config.json needs one", where="weights",
+                             fix="convert the checkpoint to a single dtype first")
+    cfg = adapter_fields(read_json_object(inputs["params"], "params"), weights)
+    cfg.update(model_name=params["model_name"], dtype=weights.dtype,
+               max_position_embeddings=params["max_position_embeddings"])
+    if "target_device" in params:
+        cfg["target_device"] = params["target_device"]
+    with out.open() as f:
+        f.write(pretty_json_bytes(cfg))
     return {"dtype": cfg["dtype"], "intermediate_size": cfg["intermediate_size"]}
 
 
@@ -154,51 +182,55 @@ def sentencepiece_facts(path: Path) -> dict[str, Any]:
     return facts
 
 
-@transform("tokenizer_config", "1", inputs={"tokenizer": "file"},
-           params_schema={"type": "object", "additionalProperties": False,
-                          "properties": {"tokenizer_class": {"type": "string"}}})
-def tokenizer_config(inputs, params, out):
-    """tokenizer/tokenizer_config.json read from the SentencePiece model (HF-loadable keys + SP facts)."""
-    facts = sentencepiece_facts(inputs["tokenizer"])
-    # HF tokenizer loaders read these keys (unknown ones are ignored), so the file is safe next to
-    # tokenizer.model: BOS added, EOS not (LLaMA's convention).
-    cfg = {**facts, "tokenizer_class": params.get("tokenizer_class", "LlamaTokenizer"),
-           "add_bos_token": True, "add_eos_token": False}
-    with out.open() as f:
-        f.write(pretty_json_bytes(cfg))
-    return {"vocab_size": facts["vocab_size"], "model_type": facts["model_type"]}
-
-
 # ---- metadata and HF config ----------------------------------------------------------------------
 
 METADATA_SCHEMA = {
-    "type": "object", "additionalProperties": False,
-    "required": ["model_name", "storage_version", "source_repo", "source_revision", "tokenizer_shared_with"],
+    "type": "object", "additionalProperties": False, "required": ["model_name", "source"],
     "properties": {
-        "model_name": {"type": "string"}, "storage_version": {"type": "string"},
-        "source_repo": {"type": "string"}, "source_revision": {"type": "string"},
-        "tokenizer_shared_with": {"type": "array", "items": {"type": "string"}},
-        "target_device": {"type": "string"}, "extra": {"type": "object"},
+        "model_name": {"type": "string"},
+        "source": {"type": "string", "description": "the lock source the weights come from (its commit is recorded)"},
+        "tokenizer_shared_with": {"type": "string", "description": "the model whose tokenizer this one shares"},
+        "target_device": {"type": "string"}, "notes": {"type": "string"}, "extra": {"type": "object"},
     },
 }
 
 
-@transform("model_metadata", "1", inputs={"weights": "file", "tokenizer": "file", "checkpoint": "optional-file"},
-           params_schema=METADATA_SCHEMA)
+def _file_shas(paths, shas) -> dict[str, str]:
+    paths, shas = (paths, shas) if isinstance(paths, list) else ([paths], [shas])
+    return {Path(p).name: s for p, s in zip(paths, shas)}
+
+
+# Version 2: v1's layout (version, format, files' sha256, created_at, source{repo, revision}); the
+# commit, release date and input sha256s come from the lock (reads_lock), never from a clock or a re-hash.
+@transform("model_metadata", "2", inputs={"weights": "file", "tokenizer": "file", "checkpoint": "optional-list"},
+           params_schema=METADATA_SCHEMA, reads_lock=True)
 def model_metadata(inputs, params, out):
-    """metadata.json: names, provenance, dtype and n_params from the header, input sha256s."""
+    """metadata.json: names, pinned source commit, release date, dtype and n_params from the header, sha256s."""
+    lock = params.get("lock")
+    if not lock or "source" not in lock:
+        raise TransformError("model_metadata needs the lock's facts (release, source commit, input sha256s)",
+                             where="params", fix="build it with `reconcile apply`")
     weights = read_weights(inputs["weights"], "weights")
+    shas = lock["input_sha256"]
+    tok = sentencepiece_facts(inputs["tokenizer"])
     meta: dict[str, Any] = {
-        "model_name": params["model_name"], "storage_version": params["storage_version"],
-        "source_repo": params["source_repo"], "source_revision": params["source_revision"],
-        "tokenizer_shared_with": list(params["tokenizer_shared_with"]),
-        "dtype": weights.dtype, "n_params": weights.n_params, "n_tensors": len(weights.tensors),
-        "tokenizer_sha256": sha256_file(inputs["tokenizer"]),
+        "model_name": params["model_name"], "version": lock["storage_version"], "format": "safetensors",
+        "created_at": lock["release_date"], "dtype": weights.dtype, "n_params": weights.n_params,
+        "n_tensors": len(weights.tensors),
+        "source": {"repo": lock["source"]["repo"], "revision": lock["source"]["commit"]},
+        "sha256": {"weights": {Path(inputs["weights"]).name: shas["weights"]},
+                   "tokenizer": {Path(inputs["tokenizer"]).name: shas["tokenizer"]}},
+        # What the plan wants recorded about the tokenizer, here rather than in tokenizer_config.json
+        # (transformers misreads a model_type there).
+        "tokenizer": {"type": "sentencepiece", "model_type": tok["model_type"], "vocab_size": tok["vocab_size"],
+                      "byte_fallback": tok["byte_fallback"], "bos_id": tok["bos_id"], "eos_id": tok["eos_id"],
+                      "unk_id": tok["unk_id"], "pad_id": tok["pad_id"]},
     }
     if inputs.get("checkpoint") is not None:
-        meta["checkpoint_sha256"] = sha256_file(inputs["checkpoint"])
-    if "target_device" in params:
-        meta["target_device"] = params["target_device"]
+        meta["sha256"]["checkpoint"] = _file_shas(inputs["checkpoint"], shas["checkpoint"])
+    for key in ("tokenizer_shared_with", "target_device", "notes"):
+        if key in params:
+            meta[key] = params[key]
     clash = sorted(set(params.get("extra", {})) & set(meta))
     if clash:
         raise TransformError(f"extra keys {clash} would overwrite derived fields", where="params.extra",
@@ -206,7 +238,7 @@ def model_metadata(inputs, params, out):
     meta.update(params.get("extra", {}))
     with out.open() as f:
         f.write(pretty_json_bytes(meta))
-    return {"n_params": meta["n_params"], "dtype": meta["dtype"]}
+    return {"n_params": meta["n_params"], "dtype": meta["dtype"], "revision": meta["source"]["revision"]}
 
 
 @transform("hf_config", "1", inputs={"config": "file"},

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from ..spec import Source
 
 _HEX = frozenset("0123456789abcdef")
 _SMALL = 64 << 20  # a non-LFS blob above this is not a small file: not worth a second hash pass
-_COPY_CHUNK = 8 << 20
+_COPY_CHUNK = 4 << 20
 
 
 def _truthy(value: str | None) -> bool:
@@ -166,6 +165,9 @@ def _link_or_copy(blob: Path, out) -> bool:
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
-    with open(blob, "rb") as src, out.open() as dst:
-        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+    buf = bytearray(_COPY_CHUNK)  # one buffer, reused: a fresh 4 MiB object per read costs page faults
+    view = memoryview(buf)
+    with open(blob, "rb", buffering=0) as src, out.open() as dst:
+        while n := src.readinto(buf):
+            dst.write(view[:n])  # hashes (on a helper thread) while it writes; returns when both are done
     return False

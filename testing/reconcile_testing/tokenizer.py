@@ -70,3 +70,52 @@ def write_tokenizer_model(path: str | Path, vocab_size: int = DEFAULT_VOCAB) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tokenizer_model_bytes(vocab_size))
     return path
+
+
+# ---- the Hugging Face files an upstream repo ships next to tokenizer.model --------------------------
+
+def _added(content: str, typed: bool) -> dict:
+    tok = {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {"__type": "AddedToken", **tok} if typed else tok
+
+
+# princeton-nlp/Sheared-LLaMA-2.7B's tokenizer_config.json and special_tokens_map.json, key for key
+# (../shared/upstream holds the real bytes): what transformers 4.x wrote for a LlamaTokenizer.
+SHEARED_TOKENIZER_CONFIG = {
+    "add_bos_token": True, "add_eos_token": False, "bos_token": _added("<s>", True),
+    "clean_up_tokenization_spaces": False, "eos_token": _added("</s>", True), "legacy": False,
+    "model_max_length": 1000000000000000019884624838656, "pad_token": None, "padding_side": "right",
+    "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": _added("<unk>", True),
+}
+SHEARED_SPECIAL_TOKENS_MAP = {"bos_token": _added("<s>", False), "eos_token": _added("</s>", False),
+                              "unk_token": _added("<unk>", False)}
+
+
+def tokenizer_json_bytes(model_path: str | Path) -> bytes:
+    """The fast-tokenizer `tokenizer.json` of a LLaMA SentencePiece model, as transformers 4.x converted it.
+
+    Merges are ranked by the score of the merged piece (ties: ids), which is what makes the
+    BPE reproduce SentencePiece; normalizer Prepend("▁") + Replace(" ", "▁"), BOS post-processor,
+    byte fallback. Uses the `tokenizers` library (a transformers dependency; dev-only here).
+    """
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.vocab_size())}
+    merges = []
+    for piece, i in vocab.items():
+        local = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        merges += [(-sp.get_score(i), i, vocab[a], vocab[b], a, b) for a, b in local]
+    merges.sort()  # transformers 4.x: by merged piece's score, then its id, then the parts' ids
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for *_, a, b in merges], unk_token=sp.id_to_piece(0),
+                               fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bos = sp.id_to_piece(sp.bos_id())
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, sp.bos_id())])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(sp.id_to_piece(i), normalized=False, special=True)
+                            for i in (sp.unk_id(), sp.bos_id(), sp.eos_id())])
+    return (tok.to_str(pretty=True) + "\n").encode("utf-8")

@@ -1,0 +1,123 @@
+"""The demo storage read the way the WMTP training code reads it: transformers and its own layout.
+
+transformers (4.x or 5.x, with protobuf) is a dev dependency, so these run in `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler.hashing import sha256_file
+from reconciler.lockfile import load_lock
+from reconciler.plan import build_recipe
+from reconciler.provenance import read_provenance
+
+transformers = pytest.importorskip("transformers")
+
+MODELS = ("meta-llama-mtp", "ref-sheared-llama-2.7b", "micro-mtp", "micro-ref")
+SOURCES = {"meta-llama-mtp": "meta-mtp", "micro-mtp": "meta-mtp", "ref-sheared-llama-2.7b": "sheared",
+           "micro-ref": "sheared"}
+RAW = {"meta-mtp": "models_v2/meta-llama-mtp/raw/7B_1T_4/consolidated.pth",
+       "sheared": "models_v2/ref-sheared-llama-2.7b/raw/config.json"}
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def _texts() -> list[str]:
+    """Code the way the training data looks: indentation, blank lines, tabs, non-ASCII, digits."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    lines = [ln for ln in source.splitlines(keepends=True) if ln.strip()]
+    extra = ["def f(x):\n    return x + 1\n", "a    b\n\n\tc  ", "ünïcödé 日本語 🤖 ≤ 10", "12345 + 678", "x  "]
+    texts = [source, *lines[:80], *extra]
+    if TRANSFORMERS_5:
+        # transformers 5's LlamaTokenizer prepends "▁" only when a text does not already start with a
+        # space, where SentencePiece always adds it: a text that *starts* with whitespace gets one
+        # leading "▁" fewer. Every other position (indentation inside a text) matches.
+        texts = [t for t in texts if not t[0].isspace()]
+    return texts
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("use_fast", [True, False], ids=["fast", "slow"])
+def test_tokenizer_folder_loads_in_transformers_and_encodes_like_sentencepiece(demo_built, model, use_fast):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    _, root, _ = demo_built
+    folder = root / "models_v2" / model / "tokenizer"
+    assert {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= \
+        {p.name for p in folder.iterdir()}
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    tok = AutoTokenizer.from_pretrained(str(folder), use_fast=use_fast)
+    wrong = [t for t in _texts() if tok(t)["input_ids"] != [sp.bos_id(), *sp.encode(t)]]
+    assert not wrong, f"{len(wrong)} texts encode differently, e.g. {wrong[0]!r}"
+    assert tok.decode(tok("def f(x):\n    return x")["input_ids"], skip_special_tokens=True) == \
+        "def f(x):\n    return x"
+
+
+@pytest.mark.parametrize("model", ["micro-ref", "ref-sheared-llama-2.7b"])
+def test_llama_config_loads_and_weights_load_strictly_into_transformers(demo_built, model):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reconciler.models.nets import load_strict
+
+    _, root, _ = demo_built
+    base = root / "models_v2" / model
+    config = LlamaConfig.from_pretrained(str(base / "configs"))
+    hf = LlamaForCausalLM(config).float().eval()
+    state = load_file(str(base / "safetensors" / "model.safetensors"))
+    result = hf.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    ids = torch.tensor([[1, 5, 17, 42, 99, 7]])
+    with torch.inference_mode():
+        theirs = hf(ids).logits
+        ours = load_strict("llama", json.loads((base / "configs" / "config.json").read_text()),
+                           base / "safetensors" / "model.safetensors", "cpu").float()(ids)
+    assert theirs.shape == (1, 6, config.vocab_size) and torch.isfinite(theirs).all()
+    torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=2e-3)  # the `loads` check's model is transformers'
+
+
+def test_micro_mtp_has_the_three_configs_the_wmtp_loader_reads_and_they_agree(demo_built):
+    _, root, _ = demo_built
+    configs = root / "models_v2" / "micro-mtp" / "configs"
+    cfg = json.loads((configs / "config.json").read_text())
+    params = json.loads((configs / "params.json").read_text())
+    adapter = yaml.safe_load((configs / "meta_adapter.yaml").read_text())
+    assert {"model_name", "n_future_tokens", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "rope_theta", "max_position_embeddings", "rms_norm_eps",
+            "vocab_size", "dtype", "target_device"} == set(cfg)
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"], cfg["n_future_tokens"]) == \
+        (params["dim"], params["n_layers"], params["vocab_size"], params["n_future_tokens"])
+    assert {k: adapter[k] for k in adapter} == {k: cfg[k] for k in adapter}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_metadata_carries_the_fetched_commit_the_release_date_and_sha256s(demo_built, model):
+    lock_path, root, _ = demo_built
+    lock = load_lock(lock_path)
+    m = json.loads((root / "models_v2" / model / "metadata.json").read_text())
+    fetched = read_provenance(root, RAW[SOURCES[model]])
+    assert m["source"] == {"repo": lock.sources[SOURCES[model]].repo, "revision": fetched["commit"]}
+    assert len(m["source"]["revision"]) == 40  # the commit, although the demo lock says `main`
+    assert m["created_at"] == lock.raw["releases"][0]["date"] and m["version"] == lock.storage_version
+    assert m["sha256"]["weights"] == {"model.safetensors": sha256_file(root / "models_v2" / model / "safetensors" /
+                                                                         "model.safetensors")}
+    assert m["sha256"]["tokenizer"]["tokenizer.model"] == sha256_file(root / "models_v2" / model / "tokenizer" /
+                                                                        "tokenizer.model")
+    assert m["sha256"]["checkpoint"] and all(len(s) == 64 for s in m["sha256"]["checkpoint"].values())
+    assert (m["tokenizer"]["type"], m["tokenizer"]["model_type"]) == ("sentencepiece", "BPE")
+
+
+def test_a_revision_change_cascades_into_metadata(demo_built):
+    lock_path, _, _ = demo_built
+    lock = load_lock(lock_path)
+    a = lock.artifacts["models_v2/micro-mtp/metadata.json"]
+    shas = {p: "0" * 64 for p in a.input_paths()}
+    one, two = (build_recipe(a, shas, lock, {"meta-mtp": c * 40}) for c in "ab")
+    assert one["lock"]["source"]["commit"] == "a" * 40 and one != two
+    assert build_recipe(a, shas, lock, {}) is None  # unknown until the source is fetched or pinned
