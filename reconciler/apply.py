@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import LockError, ReconcileError, TransformError, is_out_of_memory, out_of_memory
 from .hashing import sha256_json, tree_sha256
@@ -145,6 +145,7 @@ class _Run:
     cache: StatCache
     reporter: Reporter
     hf_cache: HfCache | None = None  # where to look before downloading (None: always download)
+    node: Any = None  # a remote.node.NodeCache when apply uses a remote
     commits: dict[str, str] = field(default_factory=dict)  # source name -> resolved commit
     connections: int = 1  # connections per large download (parallel Range requests)
 
@@ -199,7 +200,8 @@ def _fetch_file(run: _Run, a: Artifact) -> Produced:
     run.cache.remember_file(a.path, final, sha)
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "path": a.fetch.path}}
     rec = _provenance(recipe, size, sha, started, info, final)
-    write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision})
+    write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision,
+                                              "origin": "hub" if reused is None else "hf-cache"})
     if reused is not None:
         how = "hard link" if reused.linked else "copy"
         return Produced(sha, f"{size:,} bytes from the Hugging Face cache ({how}) of {src.repo}@{src.revision[:12]}",
@@ -251,7 +253,7 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
     recipe = {"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, "glob": a.fetch.glob}}
     size = sum((folder / n).stat().st_size for n in members)
     rec = _provenance(recipe, size, sha, started, None, folder)
-    write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members,
+    write_provenance(run.root, a.path, rec | {"ref": ref, "commit": src.revision, "members": members, "origin": "hub",
                                               "member_sizes": {n: (folder / n).stat().st_size for n in members}})
     if came_from and set(came_from.values()) == {"hf-cache"}:  # nothing was downloaded
         return Produced(sha, f"{len(members)} files, {size:,} bytes from the Hugging Face cache of "
@@ -295,7 +297,8 @@ def _build(run: _Run, a: Artifact, x: Action, planned: dict[str, str]) -> Produc
                                         "input bytes) but elsewhere: compare tool versions with `reconcile show "
                                         f"{a.path}`; if the lock was edited by hand, run `reconcile lock` first")
     run.cache.remember_file(a.path, final, sha)
-    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final, out.tensors))
+    write_provenance(run.root, a.path, _provenance(recipe, size, sha, started, info, final, out.tensors)
+                     | {"origin": "built"})
     return Produced(sha, f"{size:,} bytes via {t.name} v{t.version}", "built")
 
 
@@ -317,9 +320,37 @@ def _run_action(run: _Run, x: Action, sha_of: dict[str, str], jobs: int) -> Prod
     a = run.lock.artifacts[x.path]
     if x.stale_pin is not None:
         a = unpinned(a)  # made under another recipe: the old pin says nothing about the new bytes
+
+    def local() -> Produced:
+        if a.fetch is None:
+            return _build(run, a, x, sha_of)
+        return _fetch_dir(run, a, jobs) if a.is_dir else _fetch_file(run, a)
+
+    return local() if run.node is None else _via_remote(run, a, sha_of, local)
+
+
+def _via_remote(run: _Run, a: Artifact, sha_of: dict[str, str], local) -> Produced:
+    """The remote first (pin or action cache), else `local()` once across nodes and push (remote/node.py)."""
+    from .remote.node import provenance_from
+    extra: dict = {}
     if a.fetch is None:
-        return _build(run, a, x, sha_of)
-    return _fetch_dir(run, a, jobs) if a.is_dir else _fetch_file(run, a)
+        recipe = build_recipe(a, sha_of)
+    else:
+        src = run.lock.sources[a.fetch.source]
+        what = {"path": a.fetch.path} if a.fetch.path else {"glob": a.fetch.glob}
+        # Only a pinned commit names the same bytes on every node; a branch would need the hub to resolve.
+        recipe = ({"fetch": {"repo": src.repo, "type": src.type, "commit": src.revision, **what}}
+                  if src.pinned else None)
+        extra = {"ref": src.revision, "commit": src.revision} if src.pinned else {}
+    started = time.monotonic()
+    got, restored, entry = run.node.produce(run.root, a, recipe, run.cache, local, progress=run.reporter.advance)
+    if restored is None:  # this node did the work (and pushed it)
+        return got
+    final = run.root / a.path
+    rec = _provenance(recipe or {}, restored.size, restored.sha256, started, None, final)
+    rec |= provenance_from(entry, recipe, restored, extra)
+    write_provenance(run.root, a.path, rec)
+    return Produced(restored.sha256, got, "remote")
 
 
 FROM_ENV = "from-env"  # apply's default for hf_cache: the user's Hugging Face cache unless RECONCILE_NO_HF_CACHE
@@ -328,34 +359,35 @@ FROM_ENV = "from-env"  # apply's default for hf_cache: the user's Hugging Face c
 def apply(lock: Lock, root: Path, *, cache: StatCache | None = None, reporter: Reporter | None = None,
           saved_plan: Plan | None = None, keep_going: bool = False, jobs: int = 4,
           wait: float = 0.0, connections: int = 4, hf_cache: HfCache | None | str = FROM_ENV,
-          targets: list[str] | None = None) -> ApplyResult:
+          targets: list[str] | None = None, node: Any = None) -> ApplyResult:
     """Converge the root to the lock: plan under the root lock, then fetch (parallel) and build (in order).
 
     `targets` (paths, folder prefixes or globs): only they and what they need upstream.
     `jobs` files download at once; each large one over `connections` connections (Range requests).
     Fetches first look in `hf_cache` (default: the user's Hugging Face cache; None: never) for bytes that
-    verify, and download only what it does not hold.
+    verify, and download only what it does not hold. `node` (a `remote.node.NodeCache`) makes every fetch
+    and build ask the remote first and push what this node produced.
     """
     cache = cache or StatCache(root)
     if isinstance(hf_cache, str):
         hf_cache = HfCache.from_env()
     try:
         return _apply(lock, root, cache, reporter or Reporter(), saved_plan, keep_going, jobs, wait, connections,
-                      hf_cache, targets)
+                      hf_cache, targets, node)
     finally:
         cache.flush()  # hashes of what was published, however the run ended
 
 
 def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_plan: Plan | None,
            keep_going: bool, jobs: int, wait: float, connections: int, hf_cache: HfCache | None,
-           targets: list[str] | None = None) -> ApplyResult:
+          targets: list[str] | None = None, node: Any = None) -> ApplyResult:
     """`apply` itself, under the root lock; the caller flushes the stat cache however it ends."""
     check_root_containment(lock, root)
     with RootLock(root, wait):
         plan = plan_for(lock, root, cache, targets)
         if saved_plan is not None:
             refuse_stale(saved_plan, plan)
-        run = _Run(lock, root, cache, reporter, hf_cache=hf_cache, connections=connections)
+        run = _Run(lock, root, cache, reporter, hf_cache=hf_cache, connections=connections, node=node)
         reused_before = hf_cache.reused_bytes if hf_cache is not None else 0
         result = ApplyResult(plan)
         sha_of = {x.path: x.found_sha256 for x in plan.actions if x.action == "ok"}

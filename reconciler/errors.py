@@ -102,6 +102,10 @@ def is_out_of_memory(e: BaseException) -> bool:
                                             or "cannot allocate memory" in text)
 
 
+class RemoteError(ReconcileError):
+    """The remote store refused or could not be reached (credentials, bucket, endpoint, incomplete push)."""
+
+
 # The one exit-code map (used by the CLI). 2 = the lock or the command is wrong;
 # 1 = the storage or the world is wrong (drift, failed fetch/build, failed check).
 EXIT_CODES: dict[type[ReconcileError], ExitCode] = {
@@ -113,6 +117,7 @@ EXIT_CODES: dict[type[ReconcileError], ExitCode] = {
     CheckFailed: ExitCode.FAILED,
     BusyError: ExitCode.FAILED,
     ResourceError: ExitCode.FAILED,
+    RemoteError: ExitCode.FAILED,
     ReconcileError: ExitCode.FAILED,
 }
 

@@ -469,7 +469,9 @@ def lock_from_data(data: Any, name: str = "storage.lock.yaml") -> Lock:
     ordered = {p: artifacts[p] for p in topo_order(artifacts)}
     return Lock(version=data["version"], storage_version=str(data["storage_version"]),
                 root=data.get("root", "storage"), sources=sources, artifacts=ordered,
-                digest=sha256_json(data), raw=data)
+                # Where the lock is cached is not what it describes: moving the remote keeps the digest.
+                digest=sha256_json({k: v for k, v in data.items() if k != "remote"}), raw=data,
+                remote=(data.get("remote") or {}).get("url"))
 
 
 def load_lock(path: str | Path) -> Lock:

@@ -106,6 +106,7 @@ class Lock:
     artifacts: Mapping[str, Artifact]  # insertion order = topological order
     digest: str  # sha256 of the canonical JSON of the lock's data
     raw: Any = None  # the plain data that was validated (for diff/docs)
+    remote: str | None = None  # `remote.url`: the team's shared cache (see reconciler/remote/)
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ def stat_cache_path(root: Path) -> Path:
     return node_cache_path(node_state_dir(), root)
 
 
+
 class StatCache:
     """sqlite map (dev, ino, size, mtime_ns, ctime_ns) -> sha256, safe across processes.
 

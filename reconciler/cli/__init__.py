@@ -6,11 +6,12 @@ registered on the root group, so no command module imports another (no cycle).
 
 from __future__ import annotations
 
-from . import info, ops, storage
+from . import info, ops, remote, storage
 from .app import main
 
 for _cmd in (storage.plan, storage.apply, storage.check, storage.lock_cmd, storage.graph,
-             storage.attest, ops.docs, ops.diff_cmd, ops.gc, info.transforms, info.show):
+             storage.attest, ops.docs, ops.diff_cmd, ops.gc, info.transforms, info.show,
+             remote.push, remote.pull):
     main.add_command(_cmd)
 
 __all__ = ["main"]

@@ -30,9 +30,10 @@ Exit codes:
 class Ctx:
     """Global options, resolved lazily so `--help` never reads a lock."""
 
-    def __init__(self, lock: str, root: str | None):
+    def __init__(self, lock: str, root: str | None, remote: str | None = None):
         self.lock_path = Path(lock)
         self.root_override = root
+        self.remote_url = remote  # --remote / RECONCILE_REMOTE (the lock's `remote.url` otherwise)
 
     def load(self):
         """The validated lock and its storage root (refused when the root is a file)."""
@@ -100,15 +101,18 @@ def _show_library_warnings() -> None:
               help="The lock file (env RECONCILE_LOCK).")
 @click.option("--root", default=None, envvar="RECONCILE_ROOT",
               help="Storage root (env RECONCILE_ROOT; overrides the lock's `root`).")
+@click.option("--remote", default=None, envvar="RECONCILE_REMOTE", metavar="URL",
+              help="Shared cache (env RECONCILE_REMOTE; s3://BUCKET/PREFIX, file:///path); overrides the lock's "
+                   "`remote.url`.")
 @click.option("--no-color", is_flag=True, help="No ANSI colours (also when NO_COLOR is set).")
 @click.version_option(__version__, prog_name="reconcile")
 @click.pass_context
-def main(ctx, lock, root, no_color):
+def main(ctx, lock, root, remote, no_color):
     """Declarative storage for ML assets: lock -> plan -> apply -> check."""
     _show_library_warnings()
     if no_color or os.environ.get("NO_COLOR"):  # https://no-color.org: any non-empty value
         ctx.color = False
-    ctx.obj = Ctx(lock, root)
+    ctx.obj = Ctx(lock, root, remote)
 
 
 def complete_artifacts(ctx, param, incomplete: str):

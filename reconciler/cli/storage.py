@@ -67,14 +67,19 @@ def plan(obj, targets, as_json, out, show_all, detailed_exitcode, refresh):
 @click.option("--connections", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Connections per large download (parallel Range requests, files of 32 MiB or more).")
 @click.option("--wait", default=0.0, show_default=True, type=float,
-              help="Seconds to wait for another apply on the same root.")
+              help="Seconds to wait for another apply on the same root (and, with a remote, for another node's "
+                   "build of an artifact; 0 = as long as that node's lease is alive).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one result per artifact as JSON (reconciler/schemas/apply.schema.json); progress goes to stderr.")
 @click.option("--no-hf-cache", is_flag=True,
               help="Do not reuse files from the Hugging Face cache (also: RECONCILE_NO_HF_CACHE=1).")
+@click.option("--remote", "remote_url", default=None, metavar="URL",
+              help="Shared cache to use first and push to (overrides the lock's `remote.url`, RECONCILE_REMOTE).")
+@click.option("--no-push", is_flag=True, help="With a remote: use it, but do not upload what this node produces.")
 @click.pass_obj
-def apply(obj, targets, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_cache):
-    """Converge storage to the lock, idempotently.
+def apply(obj, targets, plan_file, keep_going, jobs, wait, as_json, connections, no_hf_cache, remote_url,
+          no_push):
+    """Converge storage to the lock, idempotently (the remote first when one is configured, see README).
 
     TARGETS (paths, folder prefixes or quoted globs): only they and what they need upstream,
     e.g. `reconcile apply 'models_v2/micro-*'`.
@@ -82,8 +87,15 @@ def apply(obj, targets, plan_file, keep_going, jobs, wait, as_json, connections,
     from ..apply import FROM_ENV
     from ..apply import apply as run_apply
     from ..plan import Plan
+    from ..remote import open_remote
     from .progress import CliReporter
     lock, root = obj.load()
+    remote = open_remote(lock, remote_url or obj.remote_url)
+    node = None
+    if remote is not None:
+        from ..remote.node import NodeCache
+        remote.probe()  # wrong credentials, a missing bucket, an unreachable endpoint: one error, before any work
+        node = NodeCache(remote, push=not no_push, wait=wait)
     saved = None
     if plan_file:
         try:
@@ -94,11 +106,17 @@ def apply(obj, targets, plan_file, keep_going, jobs, wait, as_json, connections,
     try:
         result = run_apply(lock, root, reporter=reporter, saved_plan=saved, keep_going=keep_going, jobs=jobs,
                            wait=wait, connections=connections, hf_cache=None if no_hf_cache else FROM_ENV,
-                           targets=list(targets))
+                           targets=list(targets), node=node)
     except KeyboardInterrupt:
         reporter.close(ok=False)
         raise Interrupted(reporter.left()) from None
     reporter.close(ok=result.ok)
+    if node is not None and node.push and result.ok:
+        from ..remote.sync import push as run_push
+        # What this apply covered (the whole lock unless TARGETS), then the lock's manifest when complete.
+        report = run_push(lock, root, node.remote, [x.path for x in result.plan.actions] if targets else None)
+        click.echo(f"Remote: {node.remote.url}: {len(report.uploaded)} blob(s) uploaded"
+                   + (", manifest written." if report.manifest else "."), err=as_json)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         sys.exit(ExitCode.OK if result.ok else ExitCode.FAILED)
@@ -125,6 +143,9 @@ def _render_apply(lock, result) -> None:
     if not_run:
         click.echo(f"  {len(not_run)} other action(s) not run: apply stops at the first failure "
                    "(--keep-going runs everything that does not depend on it)")
+    origins = [got.origin for got in result.produced.values()]
+    if origins:  # where the bytes came from: the hub, this node's builds, the remote
+        click.echo("Origin: " + ", ".join(f"{origins.count(o)} {o}" for o in sorted(set(origins))) + ".")
     stale = {x.path for x in result.plan.actions if x.stale_pin}
     if any(p in stale for p in result.done):
         click.echo("Outputs replaced stale pins: run `reconcile lock` to re-pin them (check fails until then).")
@@ -140,12 +161,16 @@ def _render_apply(lock, result) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Print only what failed (nothing when the gate passes).")
 @click.option("--attest", "attest_file", type=click.Path(dir_okay=False),
               help="Also write an attestation record for the training run to FILE (written even on failure).")
+@click.option("--remote", "on_remote", is_flag=True,
+              help="Check the remote instead: this lock's manifest exists and every blob is there (--deep: hashed).")
 @click.pass_obj
-def check(obj, targets, deep, as_json, quiet, attest_file):
+def check(obj, targets, deep, as_json, quiet, attest_file, on_remote):
     """Verify storage against the lock: the pre-training gate (exit 1 on any drift).
 
     TARGETS are artifact paths, folder prefixes or globs (quote globs); none means every artifact.
     """
+    if on_remote:
+        _check_remote(obj, targets, deep)
     run_check(obj, targets, deep, as_json, quiet, attest_file)
 
 
@@ -207,6 +232,23 @@ def _fix_of(a) -> str:
             "stale": "reconcile apply && reconcile lock", "unpinned": "reconcile lock (after reconcile apply)",
             "wrong_type": "move away what sits at the artifact's path, then reconcile apply",
             }.get(a.status, "see each artifact's failed check above; repair the inputs, then reconcile apply")
+
+
+def _check_remote(obj, targets, deep) -> None:
+    """`check --remote`: the manifest for this lock exists and every blob is present (deep: hashed)."""
+    from ..remote import open_remote
+    from ..remote.sync import check_remote as run
+    from ..verify import select as select_targets
+    lock, _ = obj.load()
+    remote = open_remote(lock, obj.remote_url, required=True)
+    paths = select_targets(lock, list(targets)) if targets else []
+    rows = run(lock, remote, paths, deep=deep)
+    for r in rows:
+        click.echo(f"  {click.style(('ok' if r.ok else 'missing').ljust(10), fg='green' if r.ok else 'red')}  "
+                   f"{r.path}  {r.detail}")
+    bad = sum(not r.ok for r in rows)
+    click.echo(f"Check remote ({'deep' if deep else 'fast'}) {remote.url}: {len(rows) - bad} ok, {bad} not ok.")
+    sys.exit(1 if bad else 0)
 
 
 @click.command("lock")
