@@ -16,8 +16,8 @@ import uuid
 import pytest
 from reconcile_testing.hub import add_revision
 
+from reconciler.provenance import read_provenance
 from reconciler.remote import layout
-from reconciler.state import read_provenance
 from tests.fixtures.engine import fork_cli, run_cli, temp_files, write_lock
 
 pytestmark = pytest.mark.s3

@@ -16,9 +16,9 @@ from typing import Any
 
 from ..errors import BusyError
 from ..hashing import sha256_json, tree_sha256
-from ..lockfile import STATE_DIR
+from ..layout import partial_dir
+from ..provenance import read_provenance
 from ..publish import commit, staged
-from ..state import read_provenance
 from . import layout, transfer
 from .lease import Lease
 from .store import Remote
@@ -41,7 +41,7 @@ def restore_file(remote: Remote, root: Path, rel: str, sha256: str, size: int | 
     final = root / rel
     with staged(final, where=rel) as out:
         try:
-            transfer.download(remote, sha256, size, out, partial_dir=root / STATE_DIR / "partial", where=rel,
+            transfer.download(remote, sha256, size, out, partial_dir=partial_dir(root), where=rel,
                               progress=progress)
         except FileNotFoundError:
             return None

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ..errors import IntegrityError, RemoteError
 from ..plan import build_recipe
+from ..provenance import write_provenance
 from ..spec import Lock
-from ..state import StatCache, observe, write_provenance
+from ..state import StatCache, observe
 from . import layout
 from .node import NodeCache, action_entry_from, provenance_from, restore_dir, restore_file
 from .store import Remote
