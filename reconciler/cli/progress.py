@@ -49,6 +49,7 @@ class CliReporter:
         self._building: dict[str, int] = {}  # build path -> bytes written so far
         self._started = time.monotonic()
         self.pending = 0
+        self.pending_fetches = 0
         self.finished = 0
         self._stop = threading.Event()
         self._beat = None
@@ -69,6 +70,7 @@ class CliReporter:
     def planned(self, pending: list) -> None:
         """How many actions this run will attempt."""
         self.pending = len(pending)
+        self.pending_fetches = sum(x.kind == "fetch" for x in pending)
         if not self.tty and pending:
             self._beat = threading.Thread(target=self._heartbeat, name="reconcile-progress", daemon=True)
             self._beat.start()
@@ -122,9 +124,9 @@ class CliReporter:
     def download_total(self, nbytes: int) -> None:
         """Bytes the fetches of this run will download (when known)."""
         self._total = nbytes
-        if self.tty and nbytes:
-            from tqdm import tqdm
-            self._bar = tqdm(total=nbytes, unit="B", unit_scale=True, desc="download", leave=True,
+        if self.tty and self.pending_fetches:
+            from tqdm import tqdm  # total unknown (unpinned sizes): bytes and rate, then 100% of what came
+            self._bar = tqdm(total=nbytes or None, unit="B", unit_scale=True, desc="download", leave=True,
                              file=sys.stderr, dynamic_ncols=True)
 
     def advance(self, nbytes: int) -> None:
@@ -139,7 +141,7 @@ class CliReporter:
         """What is in flight now, for a log: downloads, builds, actions finished, time."""
         with self._lock:
             parts = []
-            if self._total or self._downloaded:
+            if self._total or self._downloaded or self.pending_fetches:
                 pct = f" ({100 * self._downloaded / self._total:.0f}%)" if self._total else ""
                 parts.append(f"downloaded {human_bytes(self._downloaded)}"
                              + (f" of {human_bytes(self._total)}" if self._total else "") + pct)
