@@ -121,3 +121,30 @@ def test_a_revision_change_cascades_into_metadata(demo_built):
     one, two = (build_recipe(a, shas, lock, {"meta-mtp": c * 40}) for c in "ab")
     assert one["lock"]["source"]["commit"] == "a" * 40 and one != two
     assert build_recipe(a, shas, lock, {}) is None  # unknown until the source is fetched or pinned
+
+
+@pytest.mark.upstream
+def test_the_real_llama2_tokenizer_folder_encodes_like_sentencepiece(tmp_path):
+    """The real 32,000-piece tokenizer.model with the files the lock writes next to it (tokenizer.json
+    converted the way transformers 4.x converted Sheared-LLaMA's)."""
+    import sentencepiece as spm
+    from reconcile_testing.tokenizer import tokenizer_json_bytes
+    from transformers import AutoTokenizer
+
+    from reconciler.models.model_configs import sentencepiece_facts
+    from reconciler.models.tokenizer_files import llama_tokenizer_config, special_tokens
+    from tests.conftest import UPSTREAM
+
+    real = UPSTREAM / "multi-token-prediction" / "tokenizer.model"
+    if not real.exists():
+        pytest.skip("../shared/upstream is absent")
+    (tmp_path / "tokenizer.model").write_bytes(real.read_bytes())
+    facts = sentencepiece_facts(real)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(llama_tokenizer_config(facts, int(1e30))))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(special_tokens(facts)))
+    (tmp_path / "tokenizer.json").write_bytes(tokenizer_json_bytes(real))
+    sp = spm.SentencePieceProcessor(model_file=str(real))
+    for use_fast in (True, False):
+        tok = AutoTokenizer.from_pretrained(str(tmp_path), use_fast=use_fast)
+        wrong = [t for t in _texts() if tok(t)["input_ids"] != [1, *sp.encode(t)]]
+        assert not wrong, f"{len(wrong)} texts encode differently, e.g. {wrong[0]!r}"

@@ -143,3 +143,25 @@ def test_storage_readme_has_the_version_history_the_v1_differences_and_a_faq():
     for section in ("## Version history", "## Differences from the v1 scripts", "## FAQ"):
         assert section in text
     assert f"| 2.0.0 | {RELEASE_DATE} |" in text and "How do I add a model?" in text
+
+
+# Sizes from ../shared/FORMATS.md: the 7B_1T_4 params.json and Sheared-LLaMA-2.7B's config.json.
+BIG = {"models_v2/meta-llama-mtp/safetensors/model.safetensors":
+       ("mtp", {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "vocab_size": 32000, "multiple_of": 256,
+                "ffn_dim_multiplier": 1.0, "norm_eps": 1e-05, "rope_theta": 10000.0, "n_future_tokens": 4}),
+       "models_v2/ref-sheared-llama-2.7b/safetensors/model.safetensors":
+       ("llama", {"hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 32, "num_attention_heads": 20,
+                  "num_key_value_heads": 20, "vocab_size": 32000, "rms_norm_eps": 1e-05})}
+
+
+@pytest.mark.parametrize("path", sorted(BIG))
+def test_the_big_models_declare_a_loads_check_that_admits_their_size(path):
+    from reconciler.models.checkpoint_layout import n_params
+    from reconciler.models.nets import expected_shapes
+    lock = load_lock(LOCK)
+    loads = [c.params for c in lock.artifacts[path].checks if c.name == "loads"]
+    arch, config = BIG[path]
+    assert loads and loads[0]["arch"] == arch
+    n = n_params(expected_shapes(arch, config))
+    # 2,701,560,320 = the index total_size 10,806,249,472 B / 4, less 32 x 64 inv_freq buffers
+    assert n in (6_738_415_616, 2_701_560_320) and loads[0]["max_params"] >= n  # refused below, run above
