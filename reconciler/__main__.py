@@ -2,4 +2,5 @@
 
 from .cli import main
 
-main(prog_name="reconcile")
+if __name__ == "__main__":  # not when a `spawn`ed worker process imports this module as its main
+    main(prog_name="reconcile")

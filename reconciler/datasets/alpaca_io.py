@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
+from .._lazy import lazy_module
 from ..errors import TransformError
+
+np = lazy_module("numpy")
+pa = lazy_module("pyarrow")
+pc = lazy_module("pyarrow.compute")
+pq = lazy_module("pyarrow.parquet")
 
 BATCH_ROWS = 16  # problems per record batch: a CodeContests row can hold thousands of solutions
 ENCODE_CHUNK_CHARS = 4 << 20  # text per SentencePiece call: bounds the id lists held at once

@@ -18,11 +18,12 @@ import re
 from array import array
 from pathlib import Path
 
-import numpy as np
-
+from .._lazy import lazy_module
 from ..errors import TransformError
 from ..registry import transform
 from .alpaca_io import BadRow, iter_rows
+
+np = lazy_module("numpy")
 
 _SUFFIX = re.compile(r"_(?:correct|incorrect)_[0-9]+$")
 LABELS = {True: 1, False: 0, None: 2}

@@ -13,12 +13,13 @@ import math
 from array import array
 from pathlib import Path
 
-import numpy as np
-
+from .._lazy import lazy_module
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes
 from ..registry import transform
 from .alpaca_io import BadRow, TokenCounter, iter_rows, load_tokenizer
+
+np = lazy_module("numpy")
 
 FIELDS = ("instruction", "input", "output")
 ROWS_PER_CHUNK = 4096  # rows tokenized per batched encode

@@ -10,14 +10,14 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
-
+from .._lazy import lazy_module
 from ..errors import CheckFailed
 from ..registry import check
 from .alpaca_io import BadRow, iter_rows
 from .alpaca_sample import problem_of
+
+np = lazy_module("numpy")
+jsonschema = lazy_module("jsonschema")
 
 
 def _rows(path: Path):
@@ -43,13 +43,13 @@ def _row_failure(validator, line: bytes) -> str | None:
         return f"is not JSON ({e})"
     if validator.is_valid(row):
         return None
-    err = best_match(validator.iter_errors(row))
+    err = jsonschema.exceptions.best_match(validator.iter_errors(row))
     return f"field {'/'.join(str(p) for p in err.absolute_path) or '<row>'}: {_short(err.message)}"
 
 
 def _validate_range(schema: dict, path: str, start: int, end: int) -> tuple[int, int, str | None]:
     """Validate the lines in bytes [start, end): (lines seen, index of the first bad one or -1, why)."""
-    validator = Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     pos, n = start, 0
     with open(path, "rb") as f:
         f.seek(start)
@@ -113,8 +113,8 @@ def jsonl_schema(path, params, ctx):
     """Every row validates against the JSON Schema artifact `schema` (draft 2020-12)."""
     try:
         schema = json.loads(ctx.path(params["schema"]).read_text(encoding="utf-8"))
-        Draft202012Validator.check_schema(schema)
-    except (OSError, ValueError, SchemaError) as e:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except (OSError, ValueError, jsonschema.exceptions.SchemaError) as e:
         raise CheckFailed(f"cannot use the schema {params['schema']} ({_short(str(e))})") from None
     path = Path(path)
     workers = (os.cpu_count() or 1) if path.stat().st_size > PARALLEL_BYTES else 1

@@ -13,7 +13,6 @@ from pathlib import Path
 from ..errors import TransformError
 from ..hashing import pretty_json_bytes
 from ..registry import transform
-from .alpaca_convert import Converter
 from .alpaca_io import TokenCounter, load_tokenizer, parquet_files
 
 DATASETS = ("codecontests", "mbpp", "humaneval")
@@ -29,14 +28,30 @@ def to_alpaca(inputs, params, out):
 
     Rows keep source order (shards in sorted name order, problems, then each problem's correct
     and then incorrect Python solutions). Returns rows written and rows dropped by reason.
+    A folder of shards is converted on every core, one process per shard (`parallel`); the bytes
+    are the same for any number of processes (`RECONCILE_WORKERS`, default: every core).
     """
+    from . import parallel
+    from .alpaca_convert import Converter, Tally  # pyarrow: imported when converting, not at start-up
     dataset = params["dataset"]
+    max_tokens = int(params.get("max_tokens", DEFAULT_MAX_TOKENS))
     files = parquet_files(Path(inputs["data"]))
-    counter = TokenCounter(load_tokenizer(inputs.get("tokenizer")))
-    conv = Converter(dataset, counter, int(params.get("max_tokens", DEFAULT_MAX_TOKENS)))
+    sp = load_tokenizer(inputs.get("tokenizer"))  # refused here, before any worker starts
+    workers = parallel.workers_for(len(files))
     with out.open() as f:
-        tally = conv.run(files, f.write)
-    return {**tally.as_info(), "shards": len(files), "tokens_counted": counter.tokens}
+        if workers > 1:
+            tallies, tokens = parallel.convert_shards(dataset, files, Path(inputs["tokenizer"]), max_tokens, f.write,
+                                                      out.path.parent, workers)
+            tally = Tally()
+            for t in tallies:
+                tally.written += t.written
+                for reason, n in t.dropped.items():
+                    tally.dropped[reason] = tally.dropped.get(reason, 0) + n
+        else:
+            counter = TokenCounter(sp)
+            tally = Converter(dataset, counter, max_tokens).run(files, f.write)
+            tokens = counter.tokens
+    return {**tally.as_info(), "shards": len(files), "tokens_counted": tokens}
 
 
 def schema_path(dataset: str):
