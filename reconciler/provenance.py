@@ -9,6 +9,7 @@ one line rather than misread, because the planner trusts its recipe hash.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from importlib import metadata
@@ -23,6 +24,13 @@ TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggi
 
 def tool_versions() -> dict[str, str]:
     """Versions of the tools that shape built bytes (recorded in provenance and attestations, never hashed)."""
+    return dict(_tool_versions())
+
+
+@functools.cache
+def _tool_versions() -> dict[str, str]:
+    """Read once per process: each `metadata.version` parses a package's METADATA file (~3 ms each,
+    ~20 ms per artifact: the largest CPU cost of applying 1,000 small downloads)."""
     out = {"python": platform.python_version()}
     for name in TOOLS:
         try:

@@ -251,7 +251,7 @@ class _Assembly:
     writes them (both release the GIL), so network, hashing and disk overlap.
     """
 
-    def __init__(self, writer: HashingWriter, staging: Path, partial: Path):
+    def __init__(self, writer: HashingWriter, staging: Path, partial: Path, total: int):
         self.writer, self.partial = writer, partial
         self.mirror = None
         if partial.exists():  # bytes from an earlier run: they go through the hash like new ones
@@ -268,8 +268,12 @@ class _Assembly:
         self._batch = bytearray()
         self._queue: queue.Queue[bytearray | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="reconcile-hf-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        # A file left to fetch that fits one batch is written on the receiving thread: a thread and
+        # its hand-offs cost more than they overlap (1,000 x 1 MiB files: ~2x slower on a busy machine).
+        if total - self.size > _BATCH:
+            self._thread = threading.Thread(target=self._drain, name="reconcile-hf-writer", daemon=True)
+            self._thread.start()
 
     def _drain(self) -> None:
         while (batch := self._queue.get()) is not None:
@@ -302,7 +306,12 @@ class _Assembly:
         if self._error is not None:
             raise self._error
         batch, self._batch = self._batch, bytearray()
-        self._queue.put(batch)
+        if self._thread is None:
+            self.writer.write(batch)
+            if self.mirror is not None:
+                self.mirror.write(batch)
+        else:
+            self._queue.put(batch)
         return len(batch)
 
     def sync(self) -> int:
@@ -315,7 +324,7 @@ class _Assembly:
 
     def close(self, keep: bool) -> None:
         """Stop the writer thread; drop the partial file unless a later run should resume from it."""
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
         if self.mirror is not None:
@@ -446,7 +455,7 @@ def fetch_file(source: Source, path: str, out: Output, *, expected_sha256: str |
     _check_space(out.path.parent, partial_dir, head.size, have, path, where)
     url = hf_hub_url(source.repo, path, repo_type=source.type, revision=head.commit, endpoint=_endpoint())
     with out.open() as writer:
-        asm = _Assembly(writer, out.path, partial)
+        asm = _Assembly(writer, out.path, partial, head.size)
         if progress is not None and asm.size:
             progress(asm.size)
         try:
