@@ -70,6 +70,85 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[flo
     return statistics.median(samples), samples
 
 
+PAIRS = 5  # alternating pairs behind every ratio row (after one warm-up pair); --quick: QUICK_PAIRS
+QUICK_PAIRS = 2
+
+
+@dataclass
+class Paired:
+    """Wall times of A and B measured as alternating pairs (A B A B ...) after a warm-up pair.
+
+    The ratio is taken per pair (A_i / B_i: both saw the same moment of a noisy machine) and
+    reported as its median with the min-max over the pairs."""
+
+    a: list[float]
+    b: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        """A/B of each pair."""
+        return [x / y for x, y in zip(self.a, self.b)]
+
+    @property
+    def ratio(self) -> float:
+        """Median of the per-pair ratios."""
+        return statistics.median(self.ratios)
+
+    @property
+    def med_a(self) -> float:
+        return statistics.median(self.a)
+
+    @property
+    def med_b(self) -> float:
+        return statistics.median(self.b)
+
+    def cell(self, invert: bool = False) -> str:
+        """`0.42x (0.38-0.47, 5 pairs)`: median per-pair ratio and its range (B/A when `invert`)."""
+        return ratio_cell([1 / r for r in self.ratios] if invert else self.ratios)
+
+    def data(self) -> dict:
+        """Raw samples for results.json."""
+        return {"a_s": [round(x, 4) for x in self.a], "b_s": [round(x, 4) for x in self.b],
+                "ratios": [round(r, 4) for r in self.ratios], "median_ratio": round(self.ratio, 4)}
+
+
+def ratio_cell(ratios: Sequence[float]) -> str:
+    """`0.42x (0.38-0.47, 5 pairs)`: the median of per-pair ratios and their range."""
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} pairs)"
+
+
+def alternate(runs: Sequence[Callable[[], float]], pairs: int = PAIRS, warmup: int = 1) -> list[list[float]]:
+    """Run each callable in turn (A B C A B C ...): `warmup` unrecorded rounds, then `pairs` recorded ones.
+
+    Each callable runs once per round and returns its own wall seconds (so set-up such as removing
+    the last output stays outside the timed span). Returns one list of samples per callable."""
+    for _ in range(warmup):
+        for fn in runs:
+            fn()
+    out: list[list[float]] = [[] for _ in runs]
+    for _ in range(pairs):
+        for samples, fn in zip(out, runs):
+            samples.append(fn())
+    return out
+
+
+def paired(run_a: Callable[[], float], run_b: Callable[[], float], pairs: int = PAIRS, warmup: int = 1) -> Paired:
+    """A and B alternately (A B A B ...) after a warm-up pair; see `alternate`."""
+    return Paired(*alternate([run_a, run_b], pairs, warmup))
+
+
+def pairs_for(quick: bool) -> int:
+    """Recorded pairs per ratio row."""
+    return QUICK_PAIRS if quick else PAIRS
+
+
+def timed_cmd(cmd: Sequence[str], **kw) -> float:
+    """Wall seconds of one command (raising with its stderr when it fails)."""
+    t0 = time.perf_counter()
+    run_cmd(cmd, **kw)
+    return time.perf_counter() - t0
+
+
 def run_cmd(cmd: Sequence[str], **kw) -> subprocess.CompletedProcess:
     """Run a command, raising with its stderr on failure."""
     res = subprocess.run(list(cmd), capture_output=True, text=True, **kw)

@@ -2,7 +2,7 @@
 
     python3 bench/run.py [--quick] [--only NAME ...] [--workdir DIR] [--keep]
 
-NAMEs: convert, download, dataset, check, deep, lock, hfcache, loads. Writes the table to bench-out/results.md
+NAMEs: convert, download, dataset, check, deep, lock, hfcache, loads, peers. Writes the table to bench-out/results.md
 and the raw figures (plus the machine description) to bench-out/results.json. Large files are
 generated under the work dir (default bench-out/work) and removed at the end unless --keep.
 A benchmark that fails becomes an `error` row; the others still run. See bench/README.md.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 import traceback
@@ -21,28 +22,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench modules
 
-from _util import REPO, Row, fmt_s, machine, machine_line  # noqa: E402
+from _util import REPO, Row, fmt_s, machine, machine_line, verdict  # noqa: E402
 
-NAMES = ("convert", "download", "dataset", "check", "deep", "lock", "hfcache", "loads")
+NAMES = ("convert", "download", "dataset", "check", "deep", "lock", "hfcache", "loads", "peers")
 COLUMNS = ("benchmark", "figure", "ours", "baseline", "ratio", "goal", "met")
 
 
 def dataset_rows(work: Path, quick: bool) -> list[Row]:
     """Row 3: bench/bench_datasets.py's `measure()` figures, at its spec's smallest size (quick: tiny)."""
     import bench_datasets
+    from _util import pairs_for, ratio_cell
     problems, solutions = (100, 30) if quick else (1000, 300)  # default = its spec: >= 1,000 x >= 300,000
     work.mkdir(parents=True, exist_ok=True)
-    r = bench_datasets.measure(problems, solutions, work, repeats=1 if quick else 2)
-    label = f"3 dataset to_alpaca ({r['problems']:,} problems, {r['solution_entries']:,} solution entries)"
-    ratio = r["ratio_vs_sp_alone"]
+    r = bench_datasets.measure(problems, solutions, work, pairs=pairs_for(quick))
+    label = (f"3 dataset to_alpaca ({r['problems']:,} problems in {r['shards']} shards, "
+             f"{r['solution_entries']:,} solution entries, {r['cpus']} cores)")
+    ratio = statistics.median(r["ratios_all"])
+    flat = r["peak_rss_mb_2n"] <= 1.1 * r["peak_rss_mb_n"] and r["worker_rss_mb_2n"] <= 1.1 * r["worker_rss_mb_n"]
     return [
-        Row(label, "tokens/s: conversion vs SentencePiece alone", f"{r['tokens_per_s']:,} tok/s",
-            f"SP alone {r['sp_alone_tokens_per_s']:,} tok/s", f"{ratio:.2f}x", ">= 0.7x", "yes" if ratio >= 0.7 else "no",
-            r),
-        Row(label, "rows/s (rows written)", f"{r['rows_per_s']:,} rows/s", f"{r['rows']:,} rows in {r['seconds']} s"),
-        Row(label, "peak RSS at N vs 2N input", f"{r['peak_rss_mb_n']} MB / {r['peak_rss_mb_2n']} MB",
-            f"after imports {r['import_rss_mb']} MB", f"{r['peak_rss_mb_2n'] / r['peak_rss_mb_n']:.2f}x",
-            "flat (2N/N <= 1.1x)", "yes" if r["peak_rss_mb_2n"] <= 1.1 * r["peak_rss_mb_n"] else "no"),
+        Row(label, "tokens/s on all cores: conversion (a process per shard) vs SentencePiece alone",
+            f"{r['tokens_per_s']:,} tok/s", f"SP alone {r['sp_alone_tokens_per_s']:,} tok/s", ratio_cell(r["ratios_all"]),
+            ">= 0.8x", verdict(ratio >= 0.8 and r["same_bytes_1_vs_all_cores"]), r),
+        Row(label, "tokens/s on one core (RECONCILE_WORKERS=1, pinned) vs SentencePiece alone on it",
+            f"{r['tokens_per_s_1core']:,} tok/s", f"SP alone {r['sp_alone_tokens_per_s_1core']:,} tok/s",
+            ratio_cell(r["ratios_1core"]), "", "", {}),
+        Row(label, "rows/s on all cores (rows written); output identical to one core's",
+            f"{r['rows_per_s']:,} rows/s", f"{r['rows']:,} rows in {r['seconds']} s", "", "byte-identical",
+            verdict(r["same_bytes_1_vs_all_cores"])),
+        Row(label, "peak RSS per process at N vs 2N input (one process / largest worker)",
+            f"{r['peak_rss_mb_n']} / {r['worker_rss_mb_n']} MB", f"2N: {r['peak_rss_mb_2n']} / {r['worker_rss_mb_2n']} MB",
+            f"{r['peak_rss_mb_2n'] / r['peak_rss_mb_n']:.2f}x / {r['worker_rss_mb_2n'] / r['worker_rss_mb_n']:.2f}x",
+            "flat (2N/N <= 1.1x)", verdict(flat)),
     ]
 
 
@@ -53,9 +63,11 @@ def _runners():
     import bench_loads
     import bench_lock
     import bench_models
+    import bench_peers
     return {"convert": bench_models.run, "download": bench_download.run, "dataset": dataset_rows,
             "check": lambda w, q: bench_check.run(w, q, "stat"), "deep": lambda w, q: bench_check.run(w, q, "deep"),
-            "lock": bench_lock.run, "hfcache": bench_hf_cache.run, "loads": bench_loads.run}
+            "lock": bench_lock.run, "hfcache": bench_hf_cache.run, "loads": bench_loads.run,
+            "peers": bench_peers.run}
 
 
 def run_all(names: list[str], work: Path, quick: bool) -> tuple[list[Row], dict[str, float]]:
