@@ -80,7 +80,7 @@ def _clean_timed(cmd: list[str], remove: list[Path], env: dict, cwd: Path | None
 def apply_rows(work: Path, bin_: Path, hub_url: str, lock: Path, commit: str, pairs: int) -> list[Row]:
     env = dict(os.environ, HF_ENDPOINT=hub_url, HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                HF_HOME=str(work / "hf-home"))
-    ours = [python(), "-m", "reconciler", "--lock", str(lock), "apply", "-j", "8"]
+    ours = [python(), "-m", "reconciler", "--lock", str(lock), "apply", "-j", "8", "--no-hf-cache"]  # a real download
     script = (f"from huggingface_hub import snapshot_download; snapshot_download({REPO_ID!r}, revision={commit!r}, "
               f"cache_dir={str(work / 'hf-cache')!r}, max_workers=8)")
     theirs = [str(bin_ / "python"), "-c", script]
