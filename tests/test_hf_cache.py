@@ -190,6 +190,18 @@ def test_reuse_can_be_turned_off(cached, monkeypatch, how):
     assert len(hub.requests(method="GET")) == 5
 
 
+def test_a_pinned_blob_in_another_repos_folder_counts(cached):
+    _, cache, project = cached
+    data = MODEL_FILES["model.bin"]
+    blob = _blob(cache, data)
+    mirror = cache / "models--someone--mirror" / "blobs"
+    mirror.mkdir(parents=True)
+    blob.rename(mirror / blob.name)  # only a mirror repo's folder holds these bytes now
+    res = run_cli("apply", "--json", cwd=project)
+    assert _origins(res)["raw/model.bin"] == "hf-cache"
+    assert (project / "storage" / "raw" / "model.bin").stat().st_ino == (mirror / blob.name).stat().st_ino
+
+
 def test_a_snapshot_entry_pointing_outside_the_blobs_is_ignored(cached, tmp_path):
     _, cache, project = cached
     outside = tmp_path / "elsewhere.json"

@@ -98,9 +98,10 @@ class HfCache:
         """
         found: list[Path] = []
         if sha256:
-            own = self.repo_dir(source) / "blobs" / sha256
+            own = (self.repo_dir(source) / "blobs" / sha256).resolve()
             found += [own] if own.is_file() else []
-            found += sorted(p for p in self.root.glob(f"*--*/blobs/{sha256}") if p != own and p.is_file())
+            found += sorted(p.resolve() for p in self.root.glob(f"*--*/blobs/{sha256}")
+                            if p.resolve() != own and p.is_file())
         if _is_hex(commit, 40):
             blob = self._snapshot_blob(source, commit, path)
             if blob is not None and blob not in found:
@@ -129,8 +130,7 @@ class HfCache:
             want = expected_sha256 or (name if _is_hex(name, 64) else None)
             git_sha1 = name if want is None and _is_hex(name, 40) else None
             if want is None and (git_sha1 is None or blob.stat().st_size > _SMALL):
-                continue  # nothing to verify it against (a small file's git sha1 is hashed in memory-light
-                #           chunks, but a large one named by a git sha1 is not a cache blob)
+                continue  # nothing to verify it against: not pinned, and not named by a digest we check
             try:
                 got = self._publish_blob(blob, final, where, want, expected_size, git_sha1)
             except IntegrityError as e:
