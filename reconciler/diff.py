@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .docs import artifact_size, cell, origin
+from .hashing import sha256_json
+from .pins import lock_recipe, stale_pins
+from .registry import TRANSFORMS
 from .spec import Artifact, Lock
 from .units import human_bytes
 
@@ -137,6 +140,35 @@ def _cascade(new: Lock, content: set[str], added: set[str]) -> list[dict]:
     return out
 
 
+def _old_record(old: Lock, path: str) -> dict | None:
+    """What the old lock says a pin was made under, shaped like a provenance record (to name what changed)."""
+    a = old.artifacts.get(path)
+    if a is None or a.sha256 is None:
+        return None
+    recipe = lock_recipe(old, a, {i: old.artifacts[i].sha256 for i in a.input_paths()})
+    return {"sha256": a.sha256, "recipe": recipe, "recipe_hash": sha256_json(recipe) if recipe else None}
+
+
+def _predicted(a: Artifact) -> int | None:
+    """The exact output size the transform knows before building (micro models), else None."""
+    t = TRANSFORMS.get(a.build.transform) if a.build is not None else None
+    if t is None or t.predict_size is None:
+        return None
+    try:
+        return t.predict_size(dict(a.build.params))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _size_change(o: Artifact, n: Artifact) -> dict | None:
+    """`{"old", "new", "predicted"}` when the new size is known before building and differs."""
+    new = _predicted(n)
+    if new is None:
+        return None
+    old = o.size if o.size is not None else _predicted(o)
+    return None if old == new else {"old": old, "new": new, "predicted": True}
+
+
 def diff_locks(old: Lock, new: Lock) -> dict:
     """The structured diff of two validated locks (the `--json` form)."""
     added, changed, content = [], [], set()
@@ -153,6 +185,11 @@ def diff_locks(old: Lock, new: Lock) -> dict:
                             "download_bytes": _download(a) if bytes_change else 0})
     removed = [{"path": p, "origin": origin(old, a)} for p, a in old.artifacts.items() if p not in new.artifacts]
     rebuilt = _cascade(new, content, {e["path"] for e in added})
+    stale = stale_pins(new, lambda p: _old_record(old, p))
+    for e in changed + rebuilt:  # pins made under the old recipe: `reconcile lock` re-pins them after apply
+        e["stale_pin"] = stale[e["path"]].reason if e["path"] in stale else None
+    for e in changed:
+        e["size"] = _size_change(old.artifacts[e["path"]], new.artifacts[e["path"]])
     moving = content | {r["path"] for r in rebuilt}
     for e in changed:  # a changed artifact may also sit downstream of another change
         e["upstream"] = [i for i in new.artifacts[e["path"]].input_paths() if i in moving]
@@ -188,6 +225,17 @@ def summary_line(d: dict) -> str:
             f"{s['rebuilt']} rebuilt downstream; {human_bytes(s['download_bytes'])} to download{unknown}.")
 
 
+def _size_text(size: dict | None) -> str:
+    if not size:
+        return ""
+    old = human_bytes(size["old"]) if size["old"] is not None else "?"
+    return f" ({old} -> {human_bytes(size['new'])}, predicted)"
+
+
+def _stale_text(e: dict) -> str:
+    return "; pins stale: re-pinned by the next `reconcile lock`" if e.get("stale_pin") else ""
+
+
 def _sections(d: dict) -> list[tuple[str, str, list[str]]]:
     """(title, table header, rows) for each non-empty part of the diff."""
     def dl(b):
@@ -196,9 +244,10 @@ def _sections(d: dict) -> list[tuple[str, str, list[str]]]:
            f"{cell('; '.join(f'{k}: {_value(o)} -> {_value(n)}' for k, (o, n) in s['fields'].items()))} | "
            f"{s['artifacts']} |" for s in d["sources"]]
     chg = [f"| `{cell(e['path'])}` | {cell('; '.join(_change_text(c) for c in e['changes']))} | "
-           f"{'yes' if e['content'] else 'no'} | {dl(e['download_bytes'])} |" for e in d["changed"]]
-    reb = [f"| `{cell(e['path'])}` | because `{cell(e['because'])}` changed | {cell(' -> '.join(e['chain']))} |"
-           for e in d["rebuilt"]]
+           f"{'yes' if e['content'] else 'no'}{cell(_size_text(e.get('size')))}{_stale_text(e)} | "
+           f"{dl(e['download_bytes'])} |" for e in d["changed"]]
+    reb = [f"| `{cell(e['path'])}` | because `{cell(e['because'])}` changed{_stale_text(e)} | "
+           f"{cell(' -> '.join(e['chain']))} |" for e in d["rebuilt"]]
     add = [f"| `{cell(e['path'])}` | {cell(e['origin'])} | {dl(e['download_bytes'])} |" for e in d["added"]]
     rem = [f"| `{cell(e['path'])}` | {cell(e['origin'])} |" for e in d["removed"]]
     top = [f"| {e['field']} | {_value(e['old'])} -> {_value(e['new'])} |" for e in d["lock"]]
