@@ -21,7 +21,6 @@ from typing import Any
 import yaml
 
 from .errors import LockError
-from .fastschema import compile_schema
 from .hashing import sha256_json
 from .layout import STATE_DIR, is_state_path
 from .registry import CHECKS, TRANSFORMS, load_plugins
@@ -200,13 +199,36 @@ _VALIDATORS: dict[int, tuple[dict, Any]] = {}
 _JSONSCHEMA: dict[int, tuple[dict, Any]] = {}  # schema id -> (schema, jsonschema validator), when asked
 
 
+def compile_schema(schema: Any) -> Any:
+    """A yes/no test `instance -> bool` compiled by fastjsonschema, or None when it cannot compile it.
+
+    A pre-check only: "valid" is trusted, "invalid" is handed to jsonschema, which decides and
+    words the error. Defaults are never filled in (the lock's params are hashed as written) and
+    `format` is not asserted (as in jsonschema), so the pre-check never accepts what jsonschema
+    refuses (tests/test_lock_fastpath.py holds it to that).
+    """
+    import fastjsonschema
+    try:
+        validate = fastjsonschema.compile(schema, use_default=False, use_formats=False)
+    except (fastjsonschema.JsonSchemaDefinitionException, ValueError, OSError):  # e.g. an unresolvable $ref
+        return None
+
+    def test(instance: Any) -> bool:
+        try:
+            validate(instance)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        return True
+
+    return test
+
+
 def _validators(schema: dict) -> Any:
     """The compiled yes/no test of a schema (None when it cannot be compiled), built once per schema.
 
-    Why: building a validator per artifact cost more than validating it, and jsonschema's
-    generic walk cost seconds on a 10,000-artifact lock; the compiled test answers the common
-    "valid" alone, and jsonschema (~60 ms to import) is imported and asked only for the error
-    of an invalid instance.
+    Why: jsonschema alone is 2.5x slower on a 2,000-artifact lock (262 vs 106 ms, README); the
+    compiled test answers the common "valid" alone, and jsonschema (~60 ms to import) is
+    imported and asked only for the error of an invalid instance.
     """
     hit = _VALIDATORS.get(id(schema))
     if hit is None or hit[0] is not schema:  # the schema is kept in the entry, so its id stays its own

@@ -6,22 +6,21 @@
   * `make_large_meta_checkpoint`: a Meta-layout checkpoint of at least N bytes (benchmarks), written
     with memory bounded by its largest tensor.
 
-Why not `torch.save`: it needs every tensor in memory at once, and its output is not
-deterministic (a random `.data/serialization_id`). `save_torch_streaming` writes the same
-zip format with Python's `zipfile` (records aligned to 64 bytes like torch's writer, a
-seed-derived serialization id, fixed timestamps) one tensor at a time, and `torch.load`
-(including `mmap=True, weights_only=True`) reads it. Values come from a generator seeded by
-(seed, tensor name), so a tensor's values do not depend on which other tensors exist.
+`save_torch_streaming` writes with `torch.save` itself (public API, deterministic bytes: torch
+derives the serialization id from the content). torch.save needs every tensor at once, so the
+tensors are file-backed (`torch.from_file` on scratch files next to the output): each is filled in
+place and its pages go to disk, not to anonymous memory, so memory stays bounded by what the
+kernel keeps cached; the scratch files (the checkpoint's size again, on disk) go when it is written.
+Values come from a generator seeded by (seed, tensor name), so a tensor's values do not depend on
+which other tensors exist.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import pickle
-import zipfile
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -40,8 +39,6 @@ SMALL_HF_CONFIG = {"architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eo
                    "rms_norm_eps": 1e-05, "rope_scaling": None, "tie_word_embeddings": False,
                    "torch_dtype": "float32", "transformers_version": "4.28.1", "use_cache": True,
                    "vocab_size": 512}
-_ALIGN = 64  # torch's default storage alignment (torch.utils.serialization.config.save.storage_alignment)
-_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the same seed gives the same bytes
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -65,68 +62,23 @@ def fill_weights(seed: int) -> Callable[[str, torch.Tensor], None]:
     return fill
 
 
-class _Pickler(pickle.Pickler):
-    """Pickles tensors the way torch.save does: storages become persistent ids, bytes go elsewhere."""
-
-    def __init__(self, f):
-        super().__init__(f, protocol=2)
-        self.storages: dict[str, torch.UntypedStorage] = {}
-        self._keys: dict[int, str] = {}
-
-    def persistent_id(self, obj):
-        if not isinstance(obj, torch.storage.TypedStorage):
-            return None
-        key = self._keys.setdefault(obj._untyped_storage._cdata, str(len(self._keys)))
-        self.storages[key] = obj._untyped_storage
-        return ("storage", getattr(torch, obj._pickle_storage_type()), key, "cpu", obj._size())
-
-
 def save_torch_streaming(path: str | Path, specs: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
-                         fill: Callable[[str, torch.Tensor], None], *, serialization_id: str) -> int:
-    """Write a `torch.load`-able state dict `name -> tensor(shape, dtype)` one tensor at a time.
+                         fill: Callable[[str, torch.Tensor], None]) -> int:
+    """Write a `torch.load`-able state dict `name -> tensor(shape, dtype)` with `torch.save`.
 
-    Tensors start as `torch.empty` (address space only: untouched pages are not resident);
-    each is filled by `fill(name, tensor)` just before its bytes are written, then dropped, so
-    peak memory is the largest tensor. Returns the file size.
+    Each tensor is file-backed (`torch.from_file`, shared) and filled by `fill(name, tensor)`, so
+    its bytes live in the page cache, not in this process's anonymous memory. Returns the file size.
     """
     path = Path(path)
-    state = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
-    buf = io.BytesIO()
-    pickler = _Pickler(buf)
-    pickler.dump(state)
-    owner = {t.untyped_storage()._cdata: name for name, t in state.items()}
-    prefix = path.stem  # torch names the archive folder after the file
-    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-        for rec, data in (("data.pkl", buf.getvalue()), (".format_version", b"1"),
-                          (".storage_alignment", str(_ALIGN).encode()), ("byteorder", b"little")):
-            _write_record(zf, f, f"{prefix}/{rec}", len(data), [data])
-        pickler.clear_memo()  # the memo holds storages too: drop it so each can be freed after writing
-        for key in list(pickler.storages):
-            storage = pickler.storages.pop(key)
-            tensor = state.pop(owner[storage._cdata])
-            fill(owner[storage._cdata], tensor)
-            raw = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-            _write_record(zf, f, f"{prefix}/data/{key}", storage.nbytes(), [raw])
-            del raw, tensor, storage  # the last references: this tensor's memory goes back now
-        _write_record(zf, f, f"{prefix}/version", 2, [b"3\n"])
-        sid = serialization_id.encode()
-        _write_record(zf, f, f"{prefix}/.data/serialization_id", len(sid), [sid])
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".scratch-") as scratch:
+        state = {}
+        for i, (name, (shape, dtype)) in enumerate(specs.items()):
+            t = torch.from_file(f"{scratch}/{i}", shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+            fill(name, t)
+            state[name] = t
+        torch.save(state, path)
+        del state
     return path.stat().st_size
-
-
-def _write_record(zf: zipfile.ZipFile, f, name: str, size: int, chunks) -> None:
-    """One stored zip member whose data starts on a 64-byte boundary (padding in the extra field)."""
-    info = zipfile.ZipInfo(name, date_time=_EPOCH)
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size, info.compress_size, info.CRC = size, 0, 0  # placeholders: zipfile rewrites them
-    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule when the size is known up front
-    info.extra = b""
-    header = len(info.FileHeader(zip64))
-    pad = -(f.tell() + header + 4) % _ALIGN
-    info.extra = b"FB" + pad.to_bytes(2, "little") + b"Z" * pad
-    with zf.open(info, "w", force_zip64=zip64) as w:
-        for c in chunks:
-            w.write(c)
 
 
 def _write_json(path: Path, value, indent: int, newline: bool) -> None:
@@ -147,14 +99,9 @@ def make_meta_checkpoint(dir: str | Path, params: Mapping | None = None, dtype: 
     if rope_freqs:
         specs["rope.freqs"] = ((params["dim"] // params["n_heads"] // 2,), torch.float32)
     ckpt = dir / "consolidated.pth"
-    save_torch_streaming(ckpt, specs, fill_weights(seed), serialization_id=_sid(seed, ckpt.name))
+    save_torch_streaming(ckpt, specs, fill_weights(seed))
     _write_json(dir / "params.json", params, 4, False)
     return {"checkpoint": ckpt, "params": dir / "params.json"}
-
-
-def _sid(seed: int, name: str) -> str:
-    """A 40-digit decimal id like torch's, derived from the seed and file name."""
-    return str(int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest(), 16))[:40]
 
 
 def hf_shard_plan(config: Mapping, n_shards: int) -> list[list[str]]:
@@ -200,7 +147,7 @@ def make_hf_shards(dir: str | Path, config: Mapping | None = None, fmt: str = "b
         # inv_freq is a float32 buffer even in half-precision checkpoints
         specs = {k: (tuple(shapes[k]), torch.float32 if k.endswith("inv_freq") else dtype) for k in keys}
         if fmt == "bin":
-            save_torch_streaming(path, specs, fill, serialization_id=_sid(seed, path.name))
+            save_torch_streaming(path, specs, fill)
         else:
             _save_safetensors(path, specs, fill)
         for k, (shape, dt) in specs.items():
