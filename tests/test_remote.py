@@ -278,3 +278,32 @@ def test_pulling_a_large_blob_keeps_memory_flat(s3, tmp_path):
         peaks[mib] = int(err.rsplit("maxrss_kb", 1)[1].split()[0]) * 1024
     grew = peaks[112] - peaks[16]
     assert grew < 32 << 20, f"peak RSS grew by {grew >> 20} MiB for 96 MiB more data: {peaks}"
+
+
+@pytest.mark.parametrize("partial_ok", [True, False])
+def test_a_pull_resumes_from_the_bytes_an_earlier_one_left(partial_ok, s3, tmp_path):
+    """A partial file left by a killed pull is continued with a Range GET: good bytes publish, and bad ones
+    are caught by the hash (which proves the kept bytes were used, not fetched again)."""
+    from reconciler.layout import partial_dir
+    from reconciler.remote.node import restore_file
+    from reconciler.remote.store import Remote
+    from reconciler.state import StatCache
+    data = random.Random(5).randbytes(3_000_000)
+    digest = sha(data)
+    s3.client.put_object(Bucket=s3.bucket, Key=f"team/{layout.blob_key(digest)}", Body=data)
+    root = tmp_path / "root"
+    kept = bytearray(data[:1_000_000])
+    if not partial_ok:
+        kept[10] ^= 1
+    partial_dir(root).mkdir(parents=True)
+    (partial_dir(root) / f"remote-{digest}").write_bytes(kept)
+    remote, cache = Remote(s3.url()), StatCache(root)
+    if partial_ok:
+        got = restore_file(remote, root, "a/blob.bin", digest, len(data), cache)
+        assert got.sha256 == digest and (root / "a/blob.bin").read_bytes() == data
+    else:
+        with pytest.raises(Exception, match="resumed after 1000000 kept bytes"):
+            restore_file(remote, root, "a/blob.bin", digest, len(data), cache)
+        assert not (root / "a/blob.bin").exists()
+    assert not (partial_dir(root) / f"remote-{digest}").exists()  # used once, then gone either way
+    assert temp_files(root) == []

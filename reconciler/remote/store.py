@@ -9,7 +9,8 @@ used only for small JSON records; blobs go up as multipart uploads.
 Endpoint and credentials come only from the environment, the standard way: AWS_ENDPOINT_URL,
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, and
 AWS_ALLOW_HTTP=true for a plain-http endpoint. Knobs: RECONCILE_REMOTE_RETRIES (default 3),
-RECONCILE_REMOTE_CONNECT_TIMEOUT (seconds, default 10).
+RECONCILE_REMOTE_CONNECT_TIMEOUT (seconds, default 10), RECONCILE_REMOTE_TIMEOUT (seconds one request may
+take, body included, default 1800).
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def _open_store(url: str):
         raise RemoteError(f"unsupported remote URL {url!r}", where="remote.url",
                           fix="use s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or file:///shared/path")
     retries = int(_env_float("RECONCILE_REMOTE_RETRIES", 3))
-    client = {"connect_timeout": timedelta(seconds=_env_float("RECONCILE_REMOTE_CONNECT_TIMEOUT", 10))}
+    # object_store's default 30 s covers a whole request, body included: a multi-GB GET (or a slow server's
+    # CompleteMultipartUpload) would be cut and retried. A cut GET resumes from the bytes written anyway.
+    client = {"connect_timeout": timedelta(seconds=_env_float("RECONCILE_REMOTE_CONNECT_TIMEOUT", 10)),
+              "timeout": timedelta(seconds=_env_float("RECONCILE_REMOTE_TIMEOUT", 1800))}
     if os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true", "yes"):
         client["allow_http"] = True  # passing client options replaces the env-derived ones: keep this one
     retry = {"max_retries": retries, "retry_timeout": timedelta(seconds=60),

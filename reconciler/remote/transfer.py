@@ -46,6 +46,7 @@ def download(remote: Remote, sha256: str, size: int | None, out: Output, *, part
     fix = "delete that object from the remote (it is not what its key says) and push the artifact again"
     with out.open() as w:
         _resume_into(w, out.path, partial, size if size is not None else 1 << 62)
+        resumed = w.size
         if progress is not None and w.size:
             progress(w.size)
         for attempt in range(_STREAM_RETRIES + 1):
@@ -69,6 +70,11 @@ def download(remote: Remote, sha256: str, size: int | None, out: Output, *, part
         got = w.hexdigest()
     partial.unlink(missing_ok=True)  # verified or not, these bytes are done: never resume from them again
     if got != sha256:
+        if resumed:  # the kept bytes may be the bad ones: the next try fetches the whole blob, then we know
+            raise IntegrityError(f"remote blob {full_key} (resumed after {resumed} kept bytes) does not hash to its "
+                                 f"key (got sha256 {got}); nothing was published", where=where,
+                                 fix="re-run: the kept bytes were discarded and the whole blob is fetched; if it "
+                                     "fails again, " + fix)
         raise IntegrityError(f"remote blob {full_key} does not hash to its key (got sha256 {got}); "
                              "nothing was published", where=where, fix=fix)
 
