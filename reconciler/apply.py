@@ -19,10 +19,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import LockError, ReconcileError, TransformError, is_out_of_memory, out_of_memory
+from .errors import IntegrityError, LockError, ReconcileError, TransformError, is_out_of_memory, out_of_memory
+from .gc import remove_dead_temps
 from .hashing import sha256_json, tree_sha256
-from .layout import partial_dir
+from .layout import is_temp_name, partial_dir, provenance_dir, state_dir
 from .lockfile import check_root_containment
+from .pathrule import member_names
 from .pins import source_commits
 from .plan import Action, Plan, build_recipe, unpinned
 from .provenance import read_provenance, tool_versions, write_provenance
@@ -216,7 +218,14 @@ def _fetch_dir(run: _Run, a: Artifact, jobs: int) -> Produced:
     if a.files:
         wanted = {n: (m.sha256, m.size) for n, m in a.files.items()}
     else:
-        wanted = {posixpath.basename(r.path): (r.sha256, r.size) for r in hf.list_files(src, a.fetch.glob)}
+        listed = hf.list_files(src, a.fetch.glob)
+        try:
+            names = member_names([r.path for r in listed])
+        except ValueError as e:
+            raise IntegrityError(f"the glob {a.fetch.glob!r} cannot make a folder: {e}", where=a.path,
+                                 fix="narrow the glob (`*` never crosses `/`) or split it into several artifacts") from None
+        by_path = {r.path: r for r in listed}
+        wanted = {n: (by_path[p].sha256, by_path[p].size) for n, p in names.items()}
         if not wanted:
             raise ReconcileError(f"no file in {src.repo}@{src.revision[:12]} matches {a.fetch.glob!r}",
                                  where=a.path, fix="correct the glob in the lock")
@@ -385,6 +394,8 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
     check_root_containment(lock, root)
     with RootLock(root, wait):
         plan = plan_for(lock, root, cache, targets)
+        if remove_dead_temps(root, list(plan.untracked) + _state_temps(root)):
+            plan = plan_for(lock, root, cache, targets)  # the untracked list no longer names them
         if saved_plan is not None:
             refuse_stale(saved_plan, plan)
         run = _Run(lock, root, cache, reporter, hf_cache=hf_cache, connections=connections, node=node)
@@ -411,8 +422,9 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
                 if replaced:
                     rec = read_provenance(root, x.path) or {}
                     write_provenance(root, x.path, rec | {"replaced": replaced})
-            except (ReconcileError, OSError) as exc:
-                err = exc if isinstance(exc, ReconcileError) else _os_failure(x.path, exc)
+            except Exception as exc:  # noqa: BLE001 - one hostile artifact never stops the others
+                err = exc if isinstance(exc, ReconcileError) else (
+                    _os_failure(x.path, exc) if isinstance(exc, OSError) else _content_failure(x.path, exc))
                 if err.where != x.path:  # always name the artifact; keep the source's own place too
                     err.where = f"{x.path} ({err.where})" if err.where else x.path
                 result.failed[x.path] = err
@@ -450,6 +462,18 @@ def _replaced_pin(lock: Lock, root: Path, x: Action) -> dict | None:
         return rep  # replaced again before `reconcile lock`: keep what the pin was made under
     recipe = old.get("recipe") if old.get("recipe_hash") == recipe_hash else rep.get("recipe")
     return {"sha256": a.sha256, "recipe_hash": recipe_hash, "recipe": recipe}
+def _content_failure(path: str, e: Exception) -> ReconcileError:
+    """Anything else raised while producing one artifact (a hostile header nested too deep, bytes no
+    reader expected): that artifact's IntegrityError, so `--keep-going` still builds the rest."""
+    return IntegrityError(f"failed while reading or producing its content: {type(e).__name__}: {e}", where=path,
+                          fix="check the upstream file or the inputs; if they are valid, report a bug")
+
+
+def _state_temps(root: Path) -> list[str]:
+    """Temp files in the state folders writers publish into (provenance records, the owner file)."""
+    state = state_dir(root)
+    return [p.relative_to(root).as_posix() for sub in (state, provenance_dir(root))
+            if sub.is_dir() for p in sub.iterdir() if is_temp_name(p.name)]
 
 
 def _os_failure(path: str, e: OSError) -> ReconcileError:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .hashing import pretty_json_bytes, sha256_file
 from .provenance import tool_versions
-from .publish import write_bytes_atomic
+from .publish import write_output_file
 from .spec import Lock
 from .verify import ArtifactStatus, CheckReport
 
@@ -63,5 +63,4 @@ def attest(lock: Lock, root: Path, report: CheckReport, lock_path: str | Path) -
 
 def write_attestation(path: str | Path, record: dict) -> None:
     """Write the record as canonical pretty JSON, atomically."""
-    final = Path(path).resolve()
-    write_bytes_atomic(final, pretty_json_bytes(record), where=str(path))
+    write_output_file(path, pretty_json_bytes(record))

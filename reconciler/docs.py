@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .layout import PROVENANCE_README
 from .provenance import read_provenance
-from .publish import write_bytes_atomic
+from .publish import write_output_file
 from .spec import Artifact, Lock, Source
 from .units import human_bytes
 
@@ -246,8 +246,8 @@ def default_out(root: Path, with_provenance: bool) -> Path:
 
 def stale_diff(path: Path, text: str, head: int = 30) -> list[str] | None:
     """None when `path` holds exactly `text`; else the first lines of a unified diff (disk -> expected)."""
-    try:
-        current = path.read_text(encoding="utf-8")
+    try:  # only a regular file: reading a FIFO or a device would block or never end
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
     except (OSError, UnicodeDecodeError):
         current = ""
     if current == text:
@@ -257,9 +257,12 @@ def stale_diff(path: Path, text: str, head: int = 30) -> list[str] | None:
     return diff[:head] + ([f"... ({len(diff) - head} more diff lines)"] if len(diff) > head else [])
 
 
-def write_docs(path: Path, text: str) -> bool:
-    """Write the rendered text atomically; False (and no write) when it is already current."""
-    if stale_diff(path, text) is None:
+def write_docs(path: Path, text: str, *, make_parent: bool = False) -> bool:
+    """Write the rendered text atomically; False (and no write) when it is already current.
+
+    Only to a regular file (or a new one) in an existing folder, `make_parent` for the default path.
+    """
+    if stale_diff(path, text) is None and path.is_file():
         return False
-    write_bytes_atomic(path, text.encode("utf-8"), where=str(path))
+    write_output_file(path, text.encode("utf-8"), make_parent=make_parent)
     return True

@@ -7,7 +7,16 @@ place (`EXIT_CODES`), so no layer below the CLI decides how a failure looks.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
+
+# `scheme://user:password@host` (or a token alone as the user part): never printed.
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]*(?::[^/\s@]*)?@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***` (HF_ENDPOINT, proxies, ...)."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 class ExitCode(IntEnum):
@@ -25,15 +34,16 @@ class ReconcileError(Exception):
     """Root of all user-facing errors: a message, the place it concerns, and the fix."""
 
     def __init__(self, message: str, *, where: str | None = None, fix: str | None = None):
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.where = where
         self.fix = fix
 
     def render(self) -> str:
-        """One human paragraph: `where: message` plus a `fix:` line when known."""
+        """One human paragraph: `where: message` plus a `fix:` line when known (credentials redacted)."""
         head = f"{self.where}: {self.message}" if self.where else self.message
-        return f"{head}\n  fix: {self.fix}" if self.fix else head
+        return redact(f"{head}\n  fix: {self.fix}" if self.fix else head)
 
     def __str__(self) -> str:
         return self.render()

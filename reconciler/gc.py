@@ -22,8 +22,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BusyError
+from .errors import BusyError, LockError
 from .layout import (
+    HOST_TAG,
     STATE_DIR,
     is_link_name,
     is_temp_name,
@@ -32,8 +33,10 @@ from .layout import (
     provenance_dir,
     provenance_path,
     state_dir,
+    writer_host,
     writer_pid,
 )
+from .pathrule import VCS_DIRS
 from .rootlock import RootLock
 from .spec import Lock
 from .state import untracked
@@ -54,10 +57,11 @@ class Item:
 
 @dataclass
 class GcReport:
-    """What can be deleted (`items`) and what was found but must stay (`kept`)."""
+    """What can be deleted (`items`), what was found but must stay (`kept`), and why `--yes` is refused."""
 
     items: list[Item] = field(default_factory=list)
     kept: list[Item] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # the root holds the lock file or a VCS folder
 
     @property
     def total_bytes(self) -> int:
@@ -180,16 +184,44 @@ def _orphan_provenance(lock: Lock, root: Path) -> list[Item]:
     return out
 
 
-def collect(lock: Lock, root: Path) -> GcReport:
-    """List everything under the root the lock does not own; touches nothing."""
+def _foreign(root: Path, lock_file: Path | None) -> list[Item]:
+    """What under the root says it is not a storage folder: the lock file in use, version-control folders."""
+    out = []
+    root_real = root.resolve()
+    if lock_file is not None:
+        lf = Path(lock_file).resolve()
+        if root_real in lf.parents:
+            out.append(Item(lf.relative_to(root_real).as_posix(), "lock", lf.stat().st_size,
+                            "the lock file in use: never deleted", False))
+    for dirpath, dirnames, _ in os.walk(root):
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if d != STATE_DIR]
+        for d in sorted(set(dirnames) & VCS_DIRS):
+            rel = (Path(dirpath) / d).relative_to(root).as_posix()
+            out.append(Item(rel, "vcs", 0, "a version-control folder: never deleted", False))
+        dirnames[:] = [d for d in dirnames if d not in VCS_DIRS]
+    return out
+
+
+def collect(lock: Lock, root: Path, lock_file: Path | None = None) -> GcReport:
+    """List everything under the root the lock does not own; touches nothing.
+
+    When the root holds `lock_file` or a version-control folder it is not a storage folder:
+    the report lists them as kept and `refused` says why `remove` will delete nothing.
+    """
     report = GcReport()
     if not root.is_dir():
         return report
+    foreign = _foreign(root, lock_file)
+    report.kept.extend(foreign)
+    report.refused = [f"the storage root holds {'the lock file' if i.kind == 'lock' else 'a version-control folder'} "
+                      f"{i.path}" for i in foreign]
+    skip = {i.path for i in foreign}
     found = _legacy(lock, root)
     legacy = {i.path for i in found}
     for rel in untracked(lock, root):
-        if rel.split("/", 1)[0] in legacy:
-            continue  # listed once, as its legacy folder
+        if rel.split("/", 1)[0] in legacy or rel in skip:
+            continue  # listed once, as its legacy folder; the lock file is never garbage
         p = root / rel
         found.append(_temp_item(rel, p) if is_temp_name(p.name)
                      else Item(rel, "untracked", _size(p), "not in the lock"))
@@ -230,11 +262,22 @@ def _prune_empty(lock: Lock, root: Path, removed: list[Item]) -> None:
             parent = parent.parent
 
 
-def remove(lock: Lock, root: Path) -> GcReport:
-    """Delete what `collect` finds, under the root lock; BusyError (nothing deleted) while an apply runs."""
+def remove(lock: Lock, root: Path, lock_file: Path | None = None) -> GcReport:
+    """Delete what `collect` finds, under the root lock; BusyError (nothing deleted) while an apply runs.
+
+    LockError (nothing deleted) when the root holds the lock file or a version-control folder:
+    such a root is a project folder, not storage, and everything in it would look untracked.
+    """
+    first = collect(lock, root, lock_file)
+    if first.refused:
+        raise LockError(f"gc --yes refused, nothing was deleted: {'; '.join(first.refused)}", where=str(root),
+                        fix="point `root` (or --root) at a folder that holds only storage, e.g. `root: storage`")
     try:
         with RootLock(root, 0):
-            report = collect(lock, root)  # again, under the lock: the root may have moved since listing
+            report = collect(lock, root, lock_file)  # again, under the lock: the root may have moved since
+            if report.refused:
+                raise LockError(f"gc --yes refused, nothing was deleted: {'; '.join(report.refused)}",
+                                where=str(root), fix="point `root` (or --root) at a folder that holds only storage")
             for item in report.items:
                 _delete(root, item)
             _prune_empty(lock, root, report.items)
@@ -242,3 +285,27 @@ def remove(lock: Lock, root: Path) -> GcReport:
     except BusyError as e:
         raise BusyError(f"nothing was deleted: {e.message}", where=e.where,
                         fix="wait for the apply to finish, then re-run `reconcile gc --yes`") from None
+
+
+def remove_dead_temps(root: Path, candidates: list[str]) -> list[str]:
+    """Delete temp files (relative paths under root) whose writer was on this host and is dead.
+
+    Called by apply under the root lock with the untracked files it observed, so a killed apply's
+    temp files do not wait for `gc`. Names without a host tag (older versions) are left to `gc`.
+    """
+    removed = []
+    root_real = root.resolve()
+    for rel in candidates:
+        name = posixpath.basename(rel)
+        pid = writer_pid(name)
+        if not is_temp_name(name) or writer_host(name) != HOST_TAG or pid is None or _pid_alive(pid):
+            continue
+        p = root / rel
+        if _escapes(root_real, p) or not (p.is_file() or p.is_symlink()):
+            continue
+        try:
+            p.unlink()
+        except OSError:
+            continue  # gc can still list it
+        removed.append(rel)
+    return removed

@@ -42,8 +42,11 @@ def sha256_json(value: Any) -> str:
 
 
 def pretty_json_bytes(value: Any) -> bytes:
-    """The project's canonical on-disk JSON: sorted keys, 2-space indent, trailing newline."""
-    return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """The project's canonical on-disk JSON: sorted keys, 2-space indent, trailing newline.
+
+    ValueError on NaN / Infinity: Python would write `NaN`, which is not JSON (`jq`, browsers refuse it).
+    """
+    return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def tree_sha256(members: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ collector (`gc`) make and parse the same names, and no module reaches into anoth
         provenance/<sha256(path)[:32]>.json  one record per artifact (`provenance`, format PROVENANCE_FORMAT)
         partial/<key>                      resumable partial downloads; `<key>.<pid>.link` while linking
         README.provenance.md               `reconcile docs --with-provenance`
-      <any folder>/.reconcile-tmp-<name>.<pid>.<hex>   publish's temp files, next to their final path
+      <any folder>/.reconcile-tmp-<name>.<pid>.<host><hex>   publish's temp files, next to their final path
 
 Names that carry a writer's pid (temp files, `.link` names) let `gc` leave a live writer's files alone.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import uuid
 from pathlib import Path
 
@@ -98,14 +99,30 @@ def is_link_name(name: str) -> bool:
     return name.endswith(LINK_SUFFIX)
 
 
+# 8 hex of this host's name in every temp name: a later apply on the same host removes the temps of
+# dead writers (pid gone) without touching those of a live writer on another host sharing the folder.
+HOST_TAG = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
+
+
 def temp_path_for(final: Path) -> Path:
-    """A unique temp path in the final path's folder (same filesystem, so the rename is atomic)."""
-    return final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+    """A unique temp path in the final path's folder (same filesystem, so the rename is atomic).
+
+    `.reconcile-tmp-<name>.<pid>.<host tag: 8 hex><random: 8 hex>`; `writer_pid` / `writer_host` read it back.
+    """
+    return final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}.{HOST_TAG}{uuid.uuid4().hex[:8]}"
 
 
 def is_temp_name(name: str) -> bool:
     """True for a temp file name made by `temp_path_for`."""
     return name.startswith(TMP_PREFIX)
+
+
+def writer_host(name: str) -> str | None:
+    """The host tag in a temp name made by `temp_path_for`; None for other names (and older temp names)."""
+    parts = name.rsplit(".", 2)
+    if not is_temp_name(name) or len(parts) != 3 or len(parts[2]) != 16:
+        return None
+    return parts[2][:8]
 
 
 def writer_pid(name: str) -> int | None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
-import posixpath
 import re
+import stat
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from .errors import LockError
 from .hashing import sha256_json
 from .layout import STATE_DIR, is_state_path
+from .pathrule import path_problem, vcs_segment
 from .registry import CHECKS, TRANSFORMS, load_plugins
 from .spec import Artifact, Build, CheckSpec, Fetch, Lock, Member, Source
 
@@ -87,7 +89,7 @@ def parse_yaml(text: str, name: str) -> Any:
     """Parse lock text safely; syntax errors and unsafe tags become a LockError with line/column."""
     try:
         done, data = _plain_yaml(text)
-        return data if done else yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return data if done else _load_bounded(text)
     except LockError as e:
         e.where = name
         raise
@@ -100,6 +102,56 @@ def parse_yaml(text: str, name: str) -> Any:
         raise LockError(f"{loc}{problem}", where=name, fix="fix the YAML syntax at that place") from None
     except yaml.YAMLError as e:
         raise LockError(f"not valid YAML: {e}", where=name, fix="fix the YAML syntax") from None
+
+
+# Aliases are references while composed but every later walk (JSON check, schema, digest) meets
+# each use again: a "billion laughs" of 9 aliases x 9 levels is 400 bytes and 387 million values.
+# A lock of 10,000 artifacts expands to ~200,000 values; 2,000,000 bounds the walk at ~1 s.
+MAX_EXPANDED_NODES = 2_000_000
+
+
+def _load_bounded(text: str) -> Any:
+    """The full strict loader, refusing a document whose aliases expand past MAX_EXPANDED_NODES."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node)
+        if n > MAX_EXPANDED_NODES:
+            m = node.start_mark
+            raise LockError(f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values (an alias bomb?)",
+                            where=f"line {m.line + 1}", fix="write the values out, or use fewer nested aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root) -> int:
+    """How many values the node graph has once every alias is expanded (iterative: deep input is fine).
+
+    A cycle (`&a [*a]`) counts as over the limit; the constructor then reports it on its own.
+    """
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    on_stack: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        kids = [x for pair in node.value for x in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            on_stack.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(k)] for k in kids), MAX_EXPANDED_NODES + 1)
+            continue
+        if key in on_stack:
+            return 0  # a cycle: the constructor builds it, check_json_data refuses it with its message
+        on_stack.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -284,20 +336,32 @@ def _schema_message(err) -> str:
     return err.message
 
 
+# Names `reconcile` itself writes at the root (`reconcile docs`): an artifact there would fight with it.
+GENERATED_NAMES = frozenset({"README.md"})
+
+
 def check_artifact_path(path: str) -> None:
-    """Refuse artifact keys that are absolute, unnormalised, escape the root or hit state."""
-    bad = None
-    if not path or path.startswith("/") or "\\" in path or ":" in path.split("/")[0]:
-        bad = "must be a relative POSIX path"
-    elif ".." in path.split("/"):
-        bad = "must not contain `..` (it would escape the storage root)"
-    elif posixpath.normpath(path) != path or path in (".",):
-        bad = f"must be normalised (write {posixpath.normpath(path)!r})"
-    elif is_state_path(path):
-        bad = f"`{STATE_DIR}/` is reserved for reconcile's own state"
+    """Refuse artifact keys that break the path rule (`pathrule.py`) or hit a name reconcile owns."""
+    bad = path_problem(path)
+    if bad is None and ":" in path.split("/")[0]:
+        bad = "must be a relative POSIX path (no `scheme:` or drive prefix)"
+    elif bad is None and is_state_path(path):
+        bad = f"must not be under `{STATE_DIR}/`: `{STATE_DIR}/` is reserved for reconcile's own state"
+    elif bad is None and vcs_segment(path):
+        bad = f"must not be inside a version-control folder ({vcs_segment(path)})"
+    elif bad is None and path in GENERATED_NAMES:
+        bad = f"must not be {path!r} at the root: `reconcile docs` writes that file"
     if bad:
         raise LockError(f"artifact path {bad}", where=fmt_path(["artifacts", path]),
-                        fix="use a path relative to the storage root")
+                        fix="use a normalised path relative to the storage root")
+
+
+def check_name_field(value: str, where: list, what: str, *, single: bool = False) -> None:
+    """Refuse a `fetch.path`, `fetch.glob` or `files:` name that breaks the path rule (`pathrule.py`)."""
+    bad = path_problem(value, single=single)
+    if bad:
+        raise LockError(f"{what} {bad}", where=fmt_path(where),
+                        fix="use a normalised relative path (a single file name for `files:` members)")
 
 
 def check_root_containment(lock: Lock, root: Path) -> None:
@@ -318,6 +382,20 @@ def check_root_containment(lock: Lock, root: Path) -> None:
             raise LockError(f"resolves outside the storage root (to {target}) through a symlink",
                             where=fmt_path(["artifacts", path]),
                             fix="remove the symlink under the root or change the artifact path")
+
+
+def check_not_lock_file(lock: Lock, root: Path, lock_file: Path) -> None:
+    """Refuse a lock whose root holds the lock file at an artifact's path (or inside a folder artifact)."""
+    try:
+        rel = Path(lock_file).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return  # the lock file is outside the root
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        if "/".join(parts[:i]) in lock.artifacts:
+            raise LockError(f"is the lock file itself ({rel} under the storage root)",
+                            where=fmt_path(["artifacts", "/".join(parts[:i])]),
+                            fix="rename the artifact, or point `root` at a storage folder without the lock file")
 
 
 def _to_checks(raw: list, where: list) -> tuple[CheckSpec, ...]:
@@ -351,8 +429,15 @@ def _to_artifact(path: str, raw: dict) -> Artifact:
     if "build" in raw:
         b = raw["build"]
         build = Build(b["transform"], dict(b.get("inputs") or {}), dict(b.get("params") or {}))
+    if fetch is not None:
+        for key in ("path", "glob"):
+            value = getattr(fetch, key)
+            if value is not None:
+                check_name_field(value, where + ["fetch", key], f"fetch.{key}")
     files = None
     if raw.get("files"):
+        for k in raw["files"]:
+            check_name_field(k, where + ["files", k], "member name", single=True)
         files = {k: Member(v.get("sha256"), v.get("size")) for k, v in raw["files"].items()}
     if files and (fetch is None or fetch.glob is None):
         raise LockError("`files` is only for glob fetches", where=fmt_path(where + ["files"]),
@@ -461,6 +546,9 @@ def check_json_data(value: Any, where: list) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             check_json_data(v, where + [i])
+    elif isinstance(value, float) and not math.isfinite(value):  # YAML `.nan`, `.inf`: not JSON
+        raise LockError(f"{value} is not a JSON number", where=fmt_path(where),
+                        fix="use a finite number (JSON has no NaN or Infinity)")
     elif not isinstance(value, (str, int, float, bool)) and value is not None:
         raise LockError(f"{type(value).__name__} value {repr(value)[:60]} is not plain JSON data", where=fmt_path(where),
                         fix="quote it to make it a string")
@@ -496,16 +584,49 @@ def lock_from_data(data: Any, name: str = "storage.lock.yaml") -> Lock:
                 remote=(data.get("remote") or {}).get("url"))
 
 
-def load_lock(path: str | Path) -> Lock:
-    """Read, parse and validate a lock file."""
+# A lock of 10,000 artifacts is ~3 MB; 32 MiB leaves room while bounding what a mistaken
+# `--lock /dev/zero` or a runaway generator can make `plan` read and parse.
+MAX_LOCK_BYTES = 32 << 20
+
+
+def read_lock_text(path: str | Path) -> str:
+    """The lock file's text: a regular file of at most MAX_LOCK_BYTES, UTF-8; else a LockError."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
     except FileNotFoundError:
         raise LockError("lock file not found", where=str(p),
                         fix="run from the folder holding storage.lock.yaml or pass --lock FILE") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LockError(f"cannot read the lock file: {e}", where=str(p), fix="check the file") from None
+    except OSError as e:
+        raise LockError(f"cannot read the lock file: {e.strerror or e}", where=str(p), fix="check the file") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LockError("the lock is not a regular file (a device, FIFO or folder)", where=str(p),
+                        fix="pass --lock a storage.lock.yaml file")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_LOCK_BYTES:
+            raise LockError(f"the lock file is {st.st_size:,} bytes; the limit is {MAX_LOCK_BYTES:,}",
+                            where=str(p), fix="split the storage into several locks")
+        try:
+            data = f.read(MAX_LOCK_BYTES + 1)
+        except OSError as e:
+            raise LockError(f"cannot read the lock file: {e.strerror or e}", where=str(p),
+                            fix="check the file") from None
+    if len(data) > MAX_LOCK_BYTES:  # grew while we read it
+        raise LockError(f"the lock file is over {MAX_LOCK_BYTES:,} bytes", where=str(p),
+                        fix="split the storage into several locks")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LockError(f"cannot read the lock file: not UTF-8 ({e.reason} at byte {e.start})", where=str(p),
+                        fix="save the lock as UTF-8") from None
+
+
+def load_lock(path: str | Path) -> Lock:
+    """Read, parse and validate a lock file; a field error names the file and the line."""
+    p = Path(path)
+    text = read_lock_text(p)
     data = parse_yaml(text, str(p))
     try:
         return lock_from_data(data, str(p))
@@ -527,7 +648,7 @@ def locate_line(text: str, where: str) -> int | None:
         parts.append(json.loads(f'"{quoted}"') if quoted is not None else int(index) if index else plain)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return None
     line = None
     for part in parts:

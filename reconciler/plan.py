@@ -127,7 +127,7 @@ def _plan_fetch(lock: Lock, a: Artifact, obs: Observed) -> tuple[Action, str | N
     common = {"path": a.path, "kind": "fetch", "recipe_hash": rh, "expected_sha256": a.sha256,
               "found_sha256": obs.sha256, "download_bytes": _known_size(a)}
     if obs.kind == "wrong_type":
-        what = "a folder" if not a.is_dir else "a file"
+        what = "a folder" if not a.is_dir else "a file (or a member that is a symlink or a folder)"
         return Action(action="blocked", reason=f"{what} sits where the artifact should be; move it away", **common), None
     if obs.kind == "missing" or (a.is_dir and obs.sha256 is None):
         return Action(action="fetch", reason="missing" if obs.kind == "missing" else "incomplete", **common), a.sha256

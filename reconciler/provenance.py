@@ -15,7 +15,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from .errors import ReconcileError
+from .errors import ReconcileError, ResourceError
 from .layout import PROVENANCE_FORMAT, provenance_path
 from .publish import write_bytes_atomic
 
@@ -61,7 +61,16 @@ def read_provenance(root: Path, rel: str) -> dict | None:
 
 
 def write_provenance(root: Path, rel: str, record: dict) -> None:
-    """Atomically write an artifact's provenance record (stamped with its path and format version)."""
+    """Atomically write an artifact's provenance record (stamped with its path and format version).
+
+    A failure names the artifact (not the record's hashed file name): ResourceError.
+    """
     data = json.dumps(dict(record, path=rel, format_version=PROVENANCE_FORMAT), sort_keys=True,
                       indent=2).encode() + b"\n"
-    write_bytes_atomic(provenance_path(root, rel), data, where=rel)
+    target = provenance_path(root, rel)
+    try:
+        write_bytes_atomic(target, data, where=rel)
+    except (OSError, ReconcileError) as e:
+        why = e.message if isinstance(e, ReconcileError) else (e.strerror or str(e))
+        raise ResourceError(f"published, but its provenance record could not be written ({why})", where=rel,
+                            fix=f"make {target.parent} writable (or free space) and re-run apply") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -271,9 +272,45 @@ def commit(out: Output, final: Path, *, where: str, expected_sha256: str | None,
         _discard(out)
         raise IntegrityError("a directory sits where a file is expected", where=where,
                              fix=f"move or remove the directory {final} and re-run apply")
+    problem = format_problem(out.path, final.name)
+    if problem:
+        _discard(out)
+        raise IntegrityError(f"{problem}; nothing was published", where=where,
+                             fix="the source or the transform produced bytes that are not a valid file of this "
+                                 "type: check the upstream file (or the inputs), then re-run apply")
     os.replace(out.path, final)
     _fsync_dir(final.parent)
     return size, sha
+
+
+# JSON files above this are not parsed before publishing (no artifact of the WMTP storage comes near).
+JSON_VALIDATE_MAX = 64 << 20
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def format_problem(staged: Path, name: str) -> str | None:
+    """Why staged bytes are not a valid file of the type their final name says, or None.
+
+    Run by `commit` before the rename, so a file that fails these checks never sits at a final
+    path: `.safetensors` must have a strictly valid header (safetensors_io.read_header), `.json`
+    must parse. Other types are checked by their transforms and by `reconcile check`.
+    """
+    if name.endswith(".safetensors"):
+        from .models.safetensors_io import read_header
+        try:
+            read_header(staged)
+        except IntegrityError as e:
+            return f"not a valid safetensors file: {e.message}"
+    elif name.endswith(".json") and staged.stat().st_size <= JSON_VALIDATE_MAX:
+        import json
+        try:
+            json.loads(staged.read_bytes(), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
+            return f"not valid JSON: {type(e).__name__}: {str(e)[:200]}"
+    return None
 
 
 def write_bytes_atomic(final: Path, data: bytes, *, where: str) -> str:
@@ -282,3 +319,32 @@ def write_bytes_atomic(final: Path, data: bytes, *, where: str) -> str:
         with out.open() as f:
             f.write(data)
         return commit(out, final, where=where, expected_sha256=None)[1]
+
+
+def write_output_file(path: str | Path, data: bytes, *, make_parent: bool = False) -> Path:
+    """Publish a user-named output file (`--attest`, `plan --out`, `docs --out`) atomically; its path.
+
+    Refused (LockError, exit 2) when something that is not a regular file exists there (a device,
+    a FIFO, a folder, `/proc/self/fd/1`): replacing it would destroy it, writing into it is not
+    atomic. A missing parent folder is refused too (a typo must not create folders), unless
+    `make_parent` (the default docs path under the root).
+    """
+    from .errors import LockError
+    given = Path(path)
+    try:
+        st = os.stat(given)  # follows symlinks: what the user's path really names
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise LockError(f"cannot use this output path: {e.strerror}", where=str(path),
+                        fix="name a regular file in an existing folder") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise LockError(f"the output path is {kind}; it is never replaced", where=str(path),
+                        fix="name a regular file (write to a file, then copy it where it should go)")
+    final = given.resolve()  # a symlink to a regular file: replace the file it names, not the link
+    if not final.parent.is_dir() and not make_parent:
+        raise LockError(f"the folder {final.parent} does not exist", where=str(path),
+                        fix="create the folder first, or name a file in an existing folder")
+    write_bytes_atomic(final, data, where=str(path))
+    return final

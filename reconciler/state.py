@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .hashing import sha256_file, tree_sha256
 from .layout import CACHE_FORMAT, STATE_DIR, cache_path, is_temp_name, node_cache_path, state_dir
+from .pathrule import VCS_DIRS
 from .provenance import read_provenance
 from .spec import Artifact, Lock, Observed
 
@@ -286,6 +287,9 @@ def _observe_one(a: Artifact, root: Path, cache: StatCache, deep: bool) -> Obser
         if not full.is_dir() or full.is_symlink():
             return Observed(a.path, "wrong_type", **pf)
         names = a.files or (pf["prov"] or {}).get("members") or {}
+        if any((full / n).is_symlink() or ((full / n).exists() and not (full / n).is_file()) for n in names):
+            # a member replaced by a symlink (even to identical bytes) is not storage, like a file artifact
+            return Observed(a.path, "wrong_type", **pf)
         members = {n: cache.sha256(f"{a.path}/{n}", full / n, deep) for n in sorted(names) if (full / n).is_file()}
         complete = bool(names) and len(members) == len(names)
         return Observed(a.path, "dir", None, tree_sha256(members) if complete else None, members, **pf)
@@ -328,6 +332,7 @@ def untracked(lock: Lock, root: Path) -> list[str]:
         return out
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = [d for d in dirnames if d not in VCS_DIRS]  # never storage, never listed (nor deleted by gc)
         if rel_dir == ".":
             dirnames[:] = [d for d in dirnames if d != STATE_DIR]
         for name in filenames:

@@ -85,7 +85,8 @@ def _bytes_verdict(a: Artifact, o: Observed, full: Path, stale: StalePin | None 
     if o.kind == "missing":
         return "missing", "missing: run `reconcile apply`"
     if o.kind == "wrong_type":
-        return "wrong_type", "a folder sits where a file is expected (or the reverse)"
+        return "wrong_type", ("a folder sits where a file is expected (or the reverse), or a symlink where a "
+                              "regular file is expected (a folder member included): move it away, run `reconcile apply`")
     if a.is_dir and o.sha256 is None:
         return "missing", "some files of the folder are missing: run `reconcile apply`"
     if a.sha256 is None:

@@ -5,6 +5,7 @@ Exit codes: `errors.ExitCode` is the one map; `EXIT_HELP` below renders it for `
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -13,9 +14,23 @@ from pathlib import Path
 import click
 
 from .. import __version__
-from ..errors import ExitCode, Interrupted, LockError, ReconcileError, exit_code_for
+from ..errors import ExitCode, Interrupted, LockError, ReconcileError, ResourceError, exit_code_for, redact
 
 DEBUG = os.environ.get("RECONCILE_DEBUG") == "1"
+# The file system refused a write outside any one artifact (a read-only or full root, no permission):
+# one ResourceError naming the path, exit 1.
+_RESOURCE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
 
 EXIT_HELP = """\b
 Exit codes:
@@ -36,13 +51,15 @@ class Ctx:
         self.remote_url = remote  # --remote / RECONCILE_REMOTE (the lock's `remote.url` otherwise)
 
     def load(self):
-        """The validated lock and its storage root (refused when the root is a file)."""
-        from ..lockfile import load_lock, resolve_root
+        """The validated lock and its storage root (refused when the root is a file, or holds the lock
+        file at an artifact's path)."""
+        from ..lockfile import check_not_lock_file, load_lock, resolve_root
         lock = load_lock(self.lock_path)
         root = resolve_root(self.lock_path, lock, self.root_override)
         if root.exists() and not root.is_dir():
             raise LockError("the storage root is a file, not a folder", where=str(root),
                             fix="pass --root FOLDER (or set RECONCILE_ROOT / the lock's `root`) to a folder")
+        check_not_lock_file(lock, root, self.lock_path)
         return lock, root
 
 
@@ -64,6 +81,17 @@ class ReconcileGroup(click.Group):
         except ReconcileError as e:
             click.secho(f"error: {e.render()}", fg="red", err=True)
             sys.exit(ExitCode.FAILED if detailed else exit_code_for(e))
+        except BrokenPipeError:  # `reconcile gc | head`: the reader left; exit quietly, like `yes | head`
+            _quiet_stdout()
+            sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a tool killed by the pipe
+        except OSError as e:
+            if e.errno not in _RESOURCE_ERRNOS:
+                raise
+            err = ResourceError(f"cannot write: {e.strerror}", where=e.filename or None,
+                                fix="make the storage root writable (or point --root at a writable folder), "
+                                    "free space if the disk is full, then re-run")
+            click.secho(f"error: {err.render()}", fg="red", err=True)
+            sys.exit(ExitCode.FAILED if detailed else exit_code_for(err))
         except KeyboardInterrupt:
             click.echo("interrupted: nothing half-written was published; re-run to continue", err=True)
             sys.exit(ExitCode.INTERRUPTED)
@@ -77,7 +105,8 @@ class ReconcileGroup(click.Group):
         except Exception as e:  # a bug, not a user error: one line, traceback only on request
             if DEBUG:
                 raise
-            click.secho(f"internal error: {type(e).__name__}: {e} (set RECONCILE_DEBUG=1 for the traceback)",
+            click.secho(f"internal error: {type(e).__name__}: {redact(str(e))} "
+                        "(set RECONCILE_DEBUG=1 for the traceback)",
                         fg="red", err=True)
             sys.exit(ExitCode.FAILED)
 

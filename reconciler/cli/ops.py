@@ -36,7 +36,7 @@ def docs(obj, check_only, out, with_provenance):
         click.echo("\n".join(diff))
         click.echo(f"{path} is out of date: run `reconcile docs` and commit it.", err=True)
         sys.exit(ExitCode.FAILED)
-    wrote = d.write_docs(path, text)
+    wrote = d.write_docs(path, text, make_parent=not out)
     click.echo(f"wrote {path}" if wrote else f"{path} is current.")
 
 
@@ -73,15 +73,17 @@ def gc(obj, yes):
     from ..gc import collect, remove
     from ..units import human_bytes
     lock, root = obj.load()
-    report = collect(lock, root)
+    report = collect(lock, root, obj.lock_path)
     _gc_rows(report.items, "yellow")
     if report.kept:
         click.echo("Kept:")
         _gc_rows(report.kept, "cyan")
     click.echo(f"gc: {len(report.items)} item(s), {human_bytes(report.total_bytes)} reclaimable under {root}.")
+    for why in report.refused:
+        click.echo(f"Not a storage folder: {why}; `gc --yes` will delete nothing here.")
     if not yes:
-        if report.items:
+        if report.items and not report.refused:
             click.echo("Nothing deleted: re-run with --yes to delete them.")
         return
-    done = remove(lock, root)
+    done = remove(lock, root, obj.lock_path)
     click.echo(f"Deleted {len(done.items)} item(s), {human_bytes(done.total_bytes)} freed.")

@@ -38,7 +38,7 @@ def plan(obj, targets, as_json, out, show_all, detailed_exitcode, refresh):
 
     TARGETS (paths, folder prefixes or quoted globs) limit the plan to them and what they need upstream.
     """
-    from ..publish import write_bytes_atomic
+    from ..publish import write_output_file
     from ..state import StatCache
     from ..survey import plan_for, refresh_sizes
     lock, root = obj.load()
@@ -46,7 +46,7 @@ def plan(obj, targets, as_json, out, show_all, detailed_exitcode, refresh):
     if refresh:
         p = refresh_sizes(lock, p)
     if out:
-        write_bytes_atomic(Path(out).resolve(), (json.dumps(p.to_json(), indent=2) + "\n").encode(), where=out)
+        write_output_file(out, (json.dumps(p.to_json(), indent=2) + "\n").encode())
     if as_json:
         click.echo(json.dumps(p.to_json(), indent=2))
     elif not root.exists() and not show_all:

@@ -188,6 +188,9 @@ def load_tokenizer(path: Path | None):
     except (OSError, RuntimeError) as e:
         raise TransformError(f"tokenizer {path} is not a SentencePiece model ({e})", where="tokenizer",
                              fix="point `tokenizer` at a SentencePiece tokenizer.model") from None
+    if sp.vocab_size() <= 0:  # an empty file loads as a model with no pieces
+        raise TransformError(f"tokenizer {path} is not a SentencePiece model: empty vocabulary", where="tokenizer",
+                             fix="point `tokenizer` at a real tokenizer.model (re-fetch it)")
     return sp
 
 

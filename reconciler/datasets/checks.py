@@ -13,6 +13,7 @@ from pathlib import Path
 from .._lazy import lazy_module
 from ..errors import CheckFailed
 from ..registry import check
+from ..safeschema import check_offline, row_validator
 from .alpaca_io import BadRow, iter_rows
 from .alpaca_sample import problem_of
 
@@ -49,7 +50,7 @@ def _row_failure(validator, line: bytes) -> str | None:
 
 def _validate_range(schema: dict, path: str, start: int, end: int) -> tuple[int, int, str | None]:
     """Validate the lines in bytes [start, end): (lines seen, index of the first bad one or -1, why)."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = row_validator(schema)  # RE2 patterns, no remote $ref (safeschema.py)
     pos, n = start, 0
     with open(path, "rb") as f:
         f.seek(start)
@@ -114,6 +115,7 @@ def jsonl_schema(path, params, ctx):
     try:
         schema = json.loads(ctx.path(params["schema"]).read_text(encoding="utf-8"))
         jsonschema.Draft202012Validator.check_schema(schema)
+        check_offline(schema)  # a remote $ref or a pattern RE2 cannot run: refused before any row
     except (OSError, ValueError, jsonschema.exceptions.SchemaError) as e:
         raise CheckFailed(f"cannot use the schema {params['schema']} ({_short(str(e))})") from None
     path = Path(path)

@@ -34,10 +34,32 @@ def ffn_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float |
     return multiple_of * ((h + multiple_of - 1) // multiple_of)  # integer ceil: exact at any size
 
 
+# Upper bounds on config sizes, checked before any key list is built from them: an upstream or
+# hand-written config with n_layers 1,000,000 must be one clear error, not minutes and gigabytes
+# of expected-key dicts. Several times the largest public LLaMA-family models (405B: 126 layers,
+# dim 16384, 128 heads; vocabularies up to 256k).
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 17
+MAX_HEADS = 4096
+MAX_VOCAB = 1 << 22
+CONFIG_LIMITS = {"n_layers": MAX_LAYERS, "num_hidden_layers": MAX_LAYERS, "n_future_tokens": MAX_LAYERS,
+                 "dim": MAX_DIM, "hidden_size": MAX_DIM, "intermediate_size": 1 << 20, "multiple_of": MAX_DIM,
+                 "head_dim": MAX_DIM, "n_heads": MAX_HEADS, "n_kv_heads": MAX_HEADS,
+                 "num_attention_heads": MAX_HEADS, "num_key_value_heads": MAX_HEADS, "vocab_size": MAX_VOCAB}
+
+
+def check_limit(key: str, v: int) -> None:
+    """LayoutError when an integer config field is above its bound in CONFIG_LIMITS."""
+    top = CONFIG_LIMITS.get(key)
+    if top is not None and v > top:
+        raise LayoutError(f"config field {key} is {v:,}; at most {top:,} is accepted (no real model is that big)")
+
+
 def _int(cfg: Mapping, key: str, default=None) -> int:
     v = cfg.get(key, default)
     if type(v) is not int:
         raise LayoutError(f"config field {key} must be an integer, got {v!r}")
+    check_limit(key, v)
     return v
 
 
@@ -64,6 +86,8 @@ def meta_shapes(params: Mapping) -> dict[str, Shape]:
         raise LayoutError(f"n_future_tokens {n_future} must be between 1 and n_layers {n_layers}")
     vocab = params.get("vocab_size")
     vocab = vocab if type(vocab) is int and vocab > 0 else None  # -1 in old Meta params: from the tokenizer
+    if vocab is not None:
+        check_limit("vocab_size", vocab)
     hidden = ffn_hidden_dim(dim, _int(params, "multiple_of", 256), params.get("ffn_dim_multiplier"))
     kv = n_kv * (dim // n_heads)
     names = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
@@ -87,6 +111,9 @@ def hf_llama_shapes(config: Mapping, inv_freq: bool = False) -> dict[str, Shape]
     if dim <= 0 or n_heads <= 0 or dim % n_heads or n_kv <= 0:
         raise LayoutError(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads}")
     head_dim = config.get("head_dim") or dim // n_heads
+    if type(head_dim) is not int:
+        raise LayoutError(f"config field head_dim must be an integer, got {head_dim!r}")
+    check_limit("head_dim", head_dim)
     hidden, vocab = _int(config, "intermediate_size"), _int(config, "vocab_size")
     names = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
              "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.down_proj.weight", "mlp.up_proj.weight",

@@ -17,7 +17,7 @@ from ..errors import ReconcileError, ResourceError, TransformError
 from ..hashing import pretty_json_bytes
 from ..registry import transform
 from ._streaming import open_source
-from .checkpoint_layout import ffn_hidden_dim, n_params
+from .checkpoint_layout import CONFIG_LIMITS, ffn_hidden_dim, n_params
 from .model_configs import read_json_object
 from .nets import HeaderError, block_count, expected_shapes, read_summary
 from .safetensors_io import METADATA, SafetensorsWriter, dtype_name, encode_header, expected_nbytes
@@ -27,12 +27,19 @@ if TYPE_CHECKING:  # torch only where weights are made: the lock validator calls
     import torch
 
 DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}  # spec dtype -> safetensors dtype
-_POS_INT = {"type": "integer", "minimum": 1}
+
+
+def _pos_int(key: str) -> dict:
+    # Bounded like upstream configs (checkpoint_layout.CONFIG_LIMITS): the lock validator refuses
+    # n_layers 10,000,000 from the schema alone, before any size or key list is computed.
+    return {"type": "integer", "minimum": 1, "maximum": CONFIG_LIMITS[key]}
+
+
 SPEC_PROPERTIES: dict[str, Any] = {
     "arch": {"enum": ["mtp", "llama"]},
-    "dim": _POS_INT, "n_layers": _POS_INT, "n_heads": _POS_INT, "n_kv_heads": _POS_INT,
-    "vocab_size": _POS_INT, "n_future_tokens": _POS_INT, "intermediate_size": _POS_INT,
-    "multiple_of": _POS_INT, "ffn_dim_multiplier": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    **{k: _pos_int(k) for k in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "n_future_tokens",
+                                "intermediate_size", "multiple_of")},
+    "ffn_dim_multiplier": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 64},
     "norm_eps": {"type": "number", "exclusiveMinimum": 0}, "rope_theta": {"type": "number", "exclusiveMinimum": 0},
     "dtype": {"enum": sorted(DTYPES)},
     "init": {"enum": ["slice", "random"]}, "seed": {"type": "integer", "minimum": 0},

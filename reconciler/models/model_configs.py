@@ -170,6 +170,9 @@ def sentencepiece_facts(path: Path) -> dict[str, Any]:
     except (RuntimeError, ValueError, IndexError) as e:
         raise TransformError(f"not a SentencePiece model ({e})", where="tokenizer",
                              fix="point tokenizer at a tokenizer.model file") from None
+    if sp.vocab_size() <= 0:  # a 0-byte file parses as an empty model proto: vocab_size 0
+        raise TransformError(f"not a SentencePiece model: empty vocabulary ({len(data)} bytes)", where="tokenizer",
+                             fix="point tokenizer at a real tokenizer.model file (re-fetch it)")
 
     def piece(i: int) -> str | None:
         return sp.id_to_piece(i) if 0 <= i < sp.vocab_size() else None

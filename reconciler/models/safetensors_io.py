@@ -251,6 +251,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         entries = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"header is not valid JSON: {e}", where=where) from None
+    except RecursionError:  # `[[[[...]]]]` thousands deep: a hostile header, one artifact's error
+        raise IntegrityError("header JSON is nested too deeply", where=where) from None
     if not isinstance(entries, dict):
         raise IntegrityError("header is not a JSON object", where=where)
     metadata = entries.pop("__metadata__", None) or {}

@@ -15,7 +15,6 @@ Read at call time, not import time: `HF_ENDPOINT`, `HF_TOKEN` (else the `hf auth
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import queue
 import shutil
@@ -41,6 +40,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from ..errors import IntegrityError, ReconcileError, ResourceError, SourceError
 from ..layout import link_path, partial_key
+from ..pathrule import glob_match
 from ..publish import HashingWriter, Output
 from ..spec import Source
 from . import ranged
@@ -215,7 +215,7 @@ def remote_file(source: Source, path: str) -> RemoteFile:
 
 
 def list_files(source: Source, pattern: str) -> list[RemoteFile]:
-    """Files of the repo at the source's revision whose path matches the fnmatch glob, sorted by path."""
+    """Files of the repo at the source's revision whose path matches the glob (`*` never crosses `/`), sorted."""
     _require_online(source, "list files", source.name)
     commit = source.revision if source.pinned else resolve_revision(source)
     # Our own GET rather than HfApi.list_repo_tree: that one retries with fixed multi-second backoffs we
@@ -230,7 +230,7 @@ def list_files(source: Source, pattern: str) -> list[RemoteFile]:
             r = get_session().get(next_url, params=params, headers=headers, timeout=timeout)
             hf_raise_for_status(r)
             for entry in r.json():
-                if entry.get("type") == "file" and fnmatch.fnmatchcase(entry["path"], pattern):
+                if entry.get("type") == "file" and glob_match(pattern, entry["path"]):
                     f = RepoFile(**entry)
                     found.append(RemoteFile(f.path, commit, f.size, f.lfs.sha256 if f.lfs else None))
             next_url, params = r.links.get("next", {}).get("url"), None  # the next link carries its query

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..checkpoint_layout import LEGACY_META_KEYS
+from ..checkpoint_layout import CONFIG_LIMITS, LEGACY_META_KEYS
 
 META_LEGACY_KEYS = LEGACY_META_KEYS  # an old buffer some Meta checkpoints carry; the model recomputes it
 LEGACY_SUFFIXES = (".rotary_emb.inv_freq",)  # old HF buffers that current loaders ignore
@@ -27,6 +27,8 @@ def meta_params_with_defaults(params: Mapping) -> dict:
     for key in ("dim", "n_layers", "n_heads", "vocab_size"):
         if not isinstance(p.get(key), int) or p[key] <= 0:
             raise ValueError(f"params.json: {key} must be a positive integer, got {p.get(key)!r}")
+        if p[key] > CONFIG_LIMITS[key]:
+            raise ValueError(f"params.json: {key} {p[key]:,} is above the bound {CONFIG_LIMITS[key]:,}")
     p.setdefault("n_kv_heads", None)
     if p["n_kv_heads"] is None:
         p["n_kv_heads"] = p["n_heads"]
@@ -51,6 +53,8 @@ def hf_config_with_defaults(config: Mapping) -> dict:
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(c.get(key), int) or c[key] <= 0:
             raise ValueError(f"config.json: {key} must be a positive integer, got {c.get(key)!r}")
+        if c[key] > CONFIG_LIMITS[key]:
+            raise ValueError(f"config.json: {key} {c[key]:,} is above the bound {CONFIG_LIMITS[key]:,}")
     if c.get("num_key_value_heads") is None:
         c["num_key_value_heads"] = c["num_attention_heads"]
     if c.get("head_dim") is None:
