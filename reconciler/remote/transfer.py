@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ..publish import Output
 from .layout import blob_key
 from .store import PART_SIZE, READ_CHUNK, Remote
 
+_QUEUED = 3  # chunks (of READ_CHUNK) received ahead of the writer: bounds memory at ~32 MiB
 _STREAM_RETRIES = 3  # restarts of a body cut mid-way (each resumes from the bytes already written)
 
 
@@ -56,10 +59,7 @@ def download(remote: Remote, sha256: str, size: int | None, out: Output, *, part
                 raise IntegrityError(f"remote blob {full_key} has {total} bytes, the pin says {size}; "
                                      "nothing was published", where=where, fix=fix)
             try:
-                for chunk in chunks:
-                    w.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
+                _drain(chunks, w, progress)
                 break
             except (OSError, RemoteError):
                 raise
@@ -77,6 +77,40 @@ def download(remote: Remote, sha256: str, size: int | None, out: Output, *, part
                                      "fails again, " + fix)
         raise IntegrityError(f"remote blob {full_key} does not hash to its key (got sha256 {got}); "
                              "nothing was published", where=where, fix=fix)
+
+
+def _drain(chunks, writer, progress) -> None:
+    """Receive on this thread while a writer thread hashes and writes (a bounded queue: memory stays flat).
+
+    Why: writing + hashing a chunk takes about as long as receiving it; done in turn, the socket idles
+    half the time. The writer has finished every queued byte when this returns or raises, so a retry's
+    Range starts at `writer.size`.
+    """
+    q: queue.Queue = queue.Queue(maxsize=_QUEUED)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        while (chunk := q.get()) is not None:
+            if not failed:
+                try:
+                    writer.write(chunk)
+                except BaseException as e:  # re-raised on the receiving thread
+                    failed.append(e)
+
+    t = threading.Thread(target=write, name="reconcile-remote-writer", daemon=True)
+    t.start()
+    try:
+        for chunk in chunks:
+            if failed:
+                break
+            q.put(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        q.put(None)
+        t.join()
+    if failed:
+        raise failed[0]
 
 
 class _Guarded:
