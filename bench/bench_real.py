@@ -15,7 +15,7 @@ storage = ru_inblock x 512, i.e. what missed the page cache):
 5. every converted tensor compared with its source cast to float16 (tensor by tensor);
 6. `reconcile lock` (pins the outputs), then `reconcile check --deep` of everything, under the same limit.
 
-Needs ~45 GB free under the work dir (checked first). Big files are deleted at the end unless --keep.
+Needs ~41.5 GB free under the work dir (checked first; 45 GB recommended). Big files are deleted at the end unless --keep.
 Results: bench-out/real/results.json and a markdown table on stdout.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 AS_LIMIT = 4194304 * 1024  # `ulimit -v 4194304` (KiB): 4 GiB of address space
-NEED_DISK = 45e9
+NEED_DISK = 41.5e9  # checkpoint 26.95 GB + fp16 output 13.48 GB + micro 0.09 GB, and 1 GB to spare
 PARAMS_CANDIDATES = [REPO.parent / "shared/upstream/multi-token-prediction/7B_1T_4/params.json",
                      Path("/work/shared/upstream/multi-token-prediction/7B_1T_4/params.json")]
 # FORMATS.md: the real 7B_1T_4/params.json (sha256 da72c269...), used when the file is not here.
@@ -171,6 +171,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "real")
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--convert-only", action="store_true", help="stop after the pairs (no micro, compare, check)")
     ap.add_argument("--smoke", action="store_true", help="a ~240 MB checkpoint (dim 512, 8 layers): tries the script")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -188,17 +189,17 @@ def main(argv: list[str]) -> int:
     py, cli = sys.executable, str(Path(sys.executable).with_name("reconcile"))
     root = work / "storage"
     try:
-        results = run(work, root, py, cli, args.pairs)
+        results = run(work, root, py, cli, args.pairs, args.convert_only)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             (work / "floor.bin").unlink(missing_ok=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(table(results))
+    print(table(results) if "check_deep" in results else json.dumps(results["pairs"], indent=1, default=str))
     return 0
 
 
-def run(work: Path, root: Path, py: str, cli: str, pairs: int) -> dict:
+def run(work: Path, root: Path, py: str, cli: str, pairs: int, convert_only: bool = False) -> dict:
     res: dict = {"machine": machine(), "load_before": os.getloadavg()}
     pbytes, res["params_from"] = params_bytes()
     ckpt, params = root / CKPT, root / PARAMS_REL
@@ -219,6 +220,7 @@ def run(work: Path, root: Path, py: str, cli: str, pairs: int) -> dict:
     res["pairs"] = []
     out_size = None
     for i in range(pairs):
+        out.unlink(missing_ok=True)  # never the output and the floor's file at once: disk peak = input + output
         drop_cache(ckpt)
         step(f"pair {i + 1}: floor (read input with dd, write output-size bytes + fsync)")
         read = measure(["dd", f"if={ckpt}", "of=/dev/null", "bs=16M"])
@@ -235,6 +237,9 @@ def run(work: Path, root: Path, py: str, cli: str, pairs: int) -> dict:
         print(f"   floor {read['wall_s']} + {write['wall_s']} s, ours {ours['wall_s']} s "
               f"(read {ours['read_bytes'] / 1e9:.1f} GB, user {ours['user_s']} s)", flush=True)
     res["out_bytes"] = out_size
+    res["load_after"] = os.getloadavg()
+    if convert_only:
+        return res
     step("reconcile apply of the micro model (sliced from the fp16 file) under the same limit")
     res["micro"] = measure([cli, "--lock", str(work / "micro.lock.yaml"), "apply", "--no-hf-cache"], limit_as=True,
                           cwd=work)

@@ -26,6 +26,7 @@ from .tensorfile import Entry, TensorFile
 
 CHUNK_OUT = 8 << 20  # output bytes per chunk: large enough that per-chunk overhead is noise
 RING = 4  # chunks in flight: the reader/caster runs up to RING-1 chunks ahead of the slowest consumer
+AHEAD = 16 << 20  # source bytes asked of the disk (posix_fadvise WILLNEED) beyond the chunk being read
 
 
 class _Slot:
@@ -133,6 +134,7 @@ class CastWriter:
         n, step = entry.numel, CHUNK_OUT // target.itemsize
         raw = None if src_dtype == target else self._raw_buffer(step * src_dtype.itemsize)
         overflow = 0
+        ahead = entry.start  # the source is prefetched up to here
         for first in range(0, n, step):
             count = min(step, n - first)
             slot = slots[self._turn % len(slots)]
@@ -142,9 +144,12 @@ class CastWriter:
             slot.written.clear()
             slot.hashed.clear()
             out = slot.buf[:count * target.itemsize]
-            if whole is None:  # the next chunk's read starts on the disk while this one is cast and hashed
-                at = entry.start + (first + count) * src_dtype.itemsize
-                tf.prefetch(at, min(step, n - first - count) * src_dtype.itemsize)
+            if whole is None:  # keep AHEAD bytes of reads on the disk while this chunk is cast and hashed
+                end = entry.start + entry.nbytes
+                want = min(end, entry.start + (first + count) * src_dtype.itemsize + AHEAD)
+                if want > ahead:
+                    tf.prefetch(ahead, want - ahead)
+                    ahead = want
             if whole is not None:
                 src = whole[first:first + count]
             elif raw is None:  # same dtype: read straight into the output chunk, nothing to cast
