@@ -162,3 +162,20 @@ def test_check_failure_summary_golden(tmp_path):
     quiet = run_cli("check", "--quiet", cwd=p)
     assert quiet.code == 1
     assert _normalise(quiet.out, tmp_path) == (GOLDEN / "check_failure_summary_quiet.txt").read_text()
+
+
+def test_shell_completion_completes_artifact_paths(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.fixtures.engine import _clean_env
+    script = Path(sys.executable).with_name("reconcile")  # completion keys on the program name
+    if not script.exists():
+        pytest.skip("the reconcile console script is not installed next to this interpreter")
+    p = project(tmp_path)
+    env = _clean_env() | {"_RECONCILE_COMPLETE": "bash_complete", "COMP_WORDS": "reconcile apply mo", "COMP_CWORD": "2"}
+    out = subprocess.run([str(script)], cwd=p, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert out.split() == ["plain,models/"]
+    env |= {"COMP_WORDS": "reconcile show models/", "COMP_CWORD": "2"}
+    out = subprocess.run([str(script)], cwd=p, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert out.split() == ["plain,models/a.json", "plain,models/b.json"]
