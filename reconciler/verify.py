@@ -35,6 +35,11 @@ class ArtifactStatus:
     sha256: str | None = None
     checks: list[dict] = field(default_factory=list)
 
+    @property
+    def ok(self) -> bool:
+        """True when this artifact passed (like `CheckReport.ok` for the whole report)."""
+        return self.status == "ok"
+
 
 @dataclass
 class CheckReport:
@@ -47,7 +52,7 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         """True when every targeted artifact is ok."""
-        return all(a.status == "ok" for a in self.artifacts)
+        return all(a.ok for a in self.artifacts)
 
     def to_json(self) -> dict:
         """`check --json` (reconciler/schemas/check.schema.json): verdicts plus the list of what failed."""

@@ -52,6 +52,8 @@ def test_gate_raises_on_drift_and_names_the_artifact(project):
     assert isinstance(exc.value, reconciler.ReconcileError)
     assert "configs/copy.json: drifted" in exc.value.message and exc.value.fix
     assert [a.path for a in exc.value.report.artifacts if a.status != "ok"] == ["configs/copy.json"]
+    # what a training script writes to list the failures (each verdict has .ok, like the report)
+    assert [a.path for a in exc.value.report.artifacts if not a.ok] == ["configs/copy.json"]
     assert reconciler.gate(project, targets=["configs/base.json"]).keys() == {"configs/base.json"}
 
 

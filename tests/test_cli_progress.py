@@ -38,10 +38,12 @@ artifacts:
 """
 
 
-def run_in_pty(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 120) -> tuple[int, str]:
-    """Run the console script with stdin/stdout/stderr on a 100x30 pseudo-terminal; (exit code, raw output)."""
+def run_in_pty(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 120,
+               size: tuple[int, int] = (30, 100)) -> tuple[int, str]:
+    """Run the console script with stdin/stdout/stderr on a pseudo-terminal of `size` (rows, columns;
+    default 30x100, (0, 0) for one nobody sized); (exit code, raw output)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
     p = subprocess.Popen([*console_script(), *args], cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
                          env=env or _clean_env(), close_fds=True)
     os.close(slave)
@@ -109,6 +111,15 @@ def test_tty_progress_renders_cleanly(tmp_path, clean_hub):
         (GOLDEN / "apply_tty.txt").write_text(_normal(screen))
     assert _normal(screen) == (GOLDEN / "apply_tty.txt").read_text()
     assert "\x1b[" in raw, "a terminal gets colours and cursor control"
+
+
+def test_unsized_terminal_still_shows_the_bar(tmp_path, clean_hub):
+    """`script` in CI or `docker run -t` from a pipe: a pty that reports 0x0. tqdm drew empty bars."""
+    (tmp_path / "storage.lock.yaml").write_text(lock_text(clean_hub.commits["model"]))
+    code, raw = run_in_pty(["apply", "--jobs", "1", "--no-hf-cache"], tmp_path, size=(0, 0))
+    assert code == 0, raw
+    bar = next((ln for ln in render_screen(raw) if ln.startswith("download:")), None)
+    assert bar is not None and "100%" in bar and "550k/550k" in bar and len(bar) <= 80, raw
 
 
 def test_no_color_and_flag_strip_colours_on_a_terminal(tmp_path, clean_hub):

@@ -29,6 +29,19 @@ def heartbeat_interval() -> float:
         return DEFAULT_INTERVAL
 
 
+def _bar_width() -> dict:
+    """tqdm's size: follow the terminal, or 80x24 when it reports none.
+
+    A pseudo-terminal nobody sized (`script` in CI, `docker run -t` started from a pipe) reports 0x0;
+    tqdm then draws every bar as an empty string (0 columns) or hides it (0 rows): the run looks frozen.
+    """
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return {"ncols": 80, "nrows": 24}
+    return {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 80, "nrows": 24}
+
+
 def _elapsed(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
@@ -104,7 +117,7 @@ class CliReporter:
         if self.tty:
             from tqdm import tqdm
             bar = tqdm(unit="B", unit_scale=True, desc=action.path.rsplit("/", 1)[-1], leave=False,
-                       file=sys.stderr, dynamic_ncols=True)
+                       file=sys.stderr, **_bar_width())
             self._build_bar = bar
 
         def tell(n: int) -> None:
@@ -127,7 +140,7 @@ class CliReporter:
         if self.tty and self.pending_fetches:
             from tqdm import tqdm  # total unknown (unpinned sizes): bytes and rate, then 100% of what came
             self._bar = tqdm(total=nbytes or None, unit="B", unit_scale=True, desc="download", leave=True,
-                             file=sys.stderr, dynamic_ncols=True)
+                             file=sys.stderr, **_bar_width())
 
     def advance(self, nbytes: int) -> None:
         """Bytes downloaded (from several threads)."""
