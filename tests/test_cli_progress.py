@@ -134,10 +134,16 @@ def test_no_color_and_flag_strip_colours_on_a_terminal(tmp_path, clean_hub):
 
 def test_pipe_prints_progress_lines_and_ctrl_c_exits_130(tmp_path, clean_hub, monkeypatch):
     (tmp_path / "storage.lock.yaml").write_text(lock_text(clean_hub.commits["model"]))
-    clean_hub.stall(4.0, after=1000, path="model.safetensors")
+    clean_hub.stall(6.0, after=1000, path="model.safetensors")
     monkeypatch.setenv("RECONCILE_PROGRESS_SECONDS", "0.5")
     proc = spawn_cli("apply", "--jobs", "1", "--no-hf-cache", "--connections", "1", cwd=tmp_path)
-    time.sleep(2.5)  # inside the stall: several heartbeats have gone out
+    # Wait for the stalled GET itself, not a fixed time: on a loaded machine start-up alone took > 2.5 s
+    # and the SIGINT landed before apply had planned (no heartbeat, the generic interrupt line).
+    deadline = time.monotonic() + 60
+    while not clean_hub.requests(method="GET", file="model.safetensors") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.wait().text
+        time.sleep(0.05)
+    time.sleep(2.5)  # inside the 6 s stall: several heartbeats have gone out
     proc.kill(signal.SIGINT)
     res = proc.wait(60)
     assert res.code == 130, res.text
