@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench modules
@@ -105,7 +105,7 @@ def table(rows: list[Row]) -> str:
 def write_results(out_dir: Path, rows: list[Row], took: dict, mach: dict, quick: bool) -> str:
     """Write results.md and results.json; returns the markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     md = (f"# reconcile benchmarks{' (--quick)' if quick else ''}\n\nMachine: {machine_line(mach)}  \n"
           f"Run: {when}, {sum(took.values()):.0f} s in all ({', '.join(f'{k} {v:.0f} s' for k, v in took.items())})\n\n"
           + table(rows) + "\n")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -174,7 +174,7 @@ def _provenance(recipe: dict, size: int, sha: str, started: float, info: dict | 
                 tensors: dict | None = None) -> dict:
     rec = {"recipe": recipe, "recipe_hash": sha256_json(recipe), "sha256": sha, "size": size,
            "tools": tool_versions(), "info": info or {},
-           "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "duration_s": round(time.monotonic() - started, 3)}
     if final.suffix == ".safetensors":  # lets `check` say what changed (a dtype, a shape, the values)
         from .models.safetensors_io import manifest_digest, tensor_manifest

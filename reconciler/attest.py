@@ -9,7 +9,7 @@ versions, host and time. It is not a hashed artifact, so wall-clock time belongs
 from __future__ import annotations
 
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .hashing import pretty_json_bytes, sha256_file
@@ -57,7 +57,7 @@ def attest(lock: Lock, root: Path, report: CheckReport, lock_path: str | Path) -
         "artifacts": [_artifact_record(Path(root), a) for a in report.artifacts],
         "tools": tool_versions(),
         "hostname": platform.node(),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

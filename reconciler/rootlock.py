@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -41,7 +41,7 @@ class RootLock:
                             where=str(self.root),
                             fix="wait for it to finish, or pass --wait SECONDS to queue behind it") from None
         owner = {"pid": os.getpid(), "host": platform.node(),
-                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                 "since": datetime.now(UTC).isoformat(timespec="seconds")}
         write_bytes_atomic(owner_file, json.dumps(owner).encode(), where=owner_file.name)
         return self
 
