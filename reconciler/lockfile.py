@@ -351,6 +351,8 @@ def check_artifact_path(path: str) -> None:
         bad = f"must not be inside a version-control folder ({vcs_segment(path)})"
     elif bad is None and path in GENERATED_NAMES:
         bad = f"must not be {path!r} at the root: `reconcile docs` writes that file"
+    if bad and ".." in path.split("/"):
+        bad += " (it would escape the storage root)"
     if bad:
         raise LockError(f"artifact path {bad}", where=fmt_path(["artifacts", path]),
                         fix="use a normalised path relative to the storage root")
@@ -359,9 +361,16 @@ def check_artifact_path(path: str) -> None:
 def check_name_field(value: str, where: list, what: str, *, single: bool = False) -> None:
     """Refuse a `fetch.path`, `fetch.glob` or `files:` name that breaks the path rule (`pathrule.py`)."""
     bad = path_problem(value, single=single)
-    if bad:
+    if not bad:
+        return
+    if single:  # a folder artifact's member: a name inside that folder of the storage root
         raise LockError(f"{what} {bad}", where=fmt_path(where),
-                        fix="use a normalised relative path (a single file name for `files:` members)")
+                        fix="use a single file name: members are files directly inside the artifact's folder")
+    # fetch.path / fetch.glob name a file of the source repo at its pinned revision, never another repo
+    raise LockError(f"{what} {bad}" + (" (it would leave the source's repo)" if ".." in value.split("/") else ""),
+                    where=fmt_path(where),
+                    fix="use the file's path inside the source repo, as the hub lists it (e.g. `7B_1T_4/params.json`); "
+                        "to fetch from another repo, add a source for it")
 
 
 def check_root_containment(lock: Lock, root: Path) -> None:

@@ -44,7 +44,7 @@ def path_problem(value: object, *, single: bool = False) -> str | None:
         return "contains a backslash (use `/` between folders)"
     segments = value.split("/")
     if ".." in segments:
-        return "must not contain `..` (it would escape the storage root)"
+        return "must not contain a `..` segment"
     if single and "/" in value:
         return "must be a single file name (no `/`)"
     if value.startswith("/"):

@@ -40,7 +40,7 @@ class Refusal:
 
 
 CASES = [
-    Refusal("dotdot", art(f"../x.json: {WJ}"), 'artifacts."../x.json"', "must not contain `..`"),
+    Refusal("dotdot", art(f"../x.json: {WJ}"), 'artifacts."../x.json"', "must not contain a `..` segment"),
     Refusal("dotdot-inner", art(f"a/../../x.json: {WJ}"), 'artifacts."a/../../x.json"', "escape the storage root"),
     Refusal("absolute", art(f"/etc/x.json: {WJ}"), 'artifacts."/etc/x.json"', "must be a relative POSIX path"),
     Refusal("double-slash", art(f"a//b.json: {WJ}"), 'artifacts."a//b.json"', "must be normalised (write 'a/b.json')"),

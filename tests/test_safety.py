@@ -57,17 +57,17 @@ class Hostile:
 HOSTILE_LOCKS = [
     Hostile("member-dotdot", art('d: {fetch: {source: s, glob: "*.json"}, files: {"../../ESCAPED.txt": '
                                  '{sha256: null}}}', head=LOCK_HEAD + SRC),
-            2, 'files."../../ESCAPED.txt": member name must not contain `..`'),
+            2, 'files."../../ESCAPED.txt": member name must not contain a `..` segment'),
     Hostile("member-slash", art('d: {fetch: {source: s, glob: "*.json"}, files: {"sub/x.json": {sha256: null}}}',
                                 head=LOCK_HEAD + SRC), 2, "must be a single file name"),
     Hostile("fetch-path-other-repo",
             art('p.json: {fetch: {source: s, path: "../../../../facebook/multi-token-prediction/resolve/'
                 '0123456789012345678901234567890123456789/7B_1T_4/params.json"}}', head=LOCK_HEAD + SRC),
-            2, "fetch.path: fetch.path must not contain `..`"),
+            2, "fetch.path: fetch.path must not contain a `..` segment (it would leave the source's repo)"),
     Hostile("fetch-path-absolute", art('p.json: {fetch: {source: s, path: "/etc/passwd"}}', head=LOCK_HEAD + SRC),
             2, "fetch.path must be a relative POSIX path"),
     Hostile("fetch-glob-dotdot", art('d: {fetch: {source: s, glob: "../*.json"}}', head=LOCK_HEAD + SRC),
-            2, "fetch.glob must not contain `..`"),
+            2, "fetch.glob must not contain a `..` segment (it would leave the source's repo)"),
     Hostile("fetch-glob-empty-segment", art('d: {fetch: {source: s, glob: "data//*.json"}}', head=LOCK_HEAD + SRC),
             2, "fetch.glob must be normalised"),
     Hostile("key-backslash", art(f'"a\\\\b.json": {WJ}'), 2, "contains a backslash"),
@@ -327,6 +327,16 @@ def test_credentials_in_urls_are_redacted_in_every_message(tmp_path, monkeypatch
     res = run_cli("apply", cwd=tmp_path)
     assert res.code == 1, res.text
     assert "secret" not in res.text and "127.0.0.1" in res.text
+
+
+def test_stdout_on_a_full_disk_names_the_output_not_the_root(tmp_path):
+    write_lock(tmp_path, art(f"a.json: {WJ}"))
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--json"], cwd=tmp_path, stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "No space left on device" in p.stderr and "command's own output" in p.stderr, p.stderr
+    assert "storage root writable" not in p.stderr and "Traceback" not in p.stderr
 
 
 def test_broken_pipe_exits_quietly(tmp_path):

@@ -87,9 +87,14 @@ class ReconcileGroup(click.Group):
         except OSError as e:
             if e.errno not in _RESOURCE_ERRNOS:
                 raise
-            err = ResourceError(f"cannot write: {e.strerror}", where=e.filename or None,
-                                fix="make the storage root writable (or point --root at a writable folder), "
-                                    "free space if the disk is full, then re-run")
+            where = e.filename or None
+            # No file name: the write that failed was our own output (stdout redirected to a full disk, a
+            # closed or read-only descriptor), not the storage root.
+            fix = ("make the storage root writable (or point --root at a writable folder), free space if the "
+                   "disk is full, then re-run") if where else (
+                   "the command's own output could not be written: free space where stdout/stderr go "
+                   "(or redirect them elsewhere), then re-run")
+            err = ResourceError(f"cannot write: {e.strerror}", where=where, fix=fix)
             click.secho(f"error: {err.render()}", fg="red", err=True)
             sys.exit(ExitCode.FAILED if detailed else exit_code_for(err))
         except KeyboardInterrupt:
