@@ -186,9 +186,27 @@ FAQ = [
 ]
 
 
-def _faq() -> list[str]:
+# Asked only when the lock builds the transform.
+FAQ_FOR = {
+    "tokenizer_config": [
+        ("Does `tokenizer/` encode exactly like SentencePiece?", "`AutoTokenizer.from_pretrained(\"<model>/tokenizer\")` "
+         "gives `[BOS, *sentencepiece ids]` for every text in transformers 4.x (fast and slow). In transformers 5.x "
+         "it does too, except that a text that *starts* with a space (or `▁`) gets one `▁` "
+         "fewer (`\" x\"` gives `▁x` where SentencePiece gives `▁▁`, `x`); a leading tab or newline, and indentation "
+         "inside a text, match. The cause is in transformers 5, not in these files: `LlamaTokenizer.__init__` (`models/llama/tokenization_llama.py`) "
+         "ignores `tokenizer.json`'s normalizer (Prepend `▁` + Replace) and builds `Metaspace(prepend_scheme=\"first\", "
+         "split=False)`, which prepends `▁` only when the text does not already start with one. No "
+         "`tokenizer_config.json` key changes this (`legacy`, `add_prefix_space`, `from_slow`). Where it matters, "
+         "load `PreTrainedTokenizerFast.from_pretrained(\"<model>/tokenizer\")`: it runs `tokenizer.json` as written "
+         "and matches SentencePiece on every text in 4.x and 5.x (BOS added)."),
+    ],
+}
+
+
+def _faq(lock: Lock) -> list[str]:
+    used = {a.build.transform for a in lock.artifacts.values() if a.build is not None}
     lines = ["## FAQ", ""]
-    for q, a in FAQ:
+    for q, a in FAQ + [qa for t, items in FAQ_FOR.items() if t in used for qa in items]:
         lines += [f"**{q}** {a}", ""]
     return lines
 
@@ -200,7 +218,7 @@ def render_readme(lock: Lock, lock_name: str) -> str:
             f"- storage version: `{lock.storage_version}`",
             f"- lock digest: `{lock.digest}`",
             f"- artifacts: {len(lock.artifacts)}", ""]
-    body = _inventory(lock) + _verify(lock) + _download(lock) + _history(lock) + _differences(lock) + _faq()
+    body = _inventory(lock) + _verify(lock) + _download(lock) + _history(lock) + _differences(lock) + _faq(lock)
     return "\n".join(head + body).rstrip("\n") + "\n"
 
 

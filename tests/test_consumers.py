@@ -26,17 +26,23 @@ RAW = {"meta-mtp": "models_v2/meta-llama-mtp/raw/7B_1T_4/consolidated.pth",
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
-def _texts() -> list[str]:
-    """Code the way the training data looks: indentation, blank lines, tabs, non-ASCII, digits."""
+def _texts(verbatim: bool = False) -> list[str]:
+    """Code the way the training data looks: indentation, blank lines, tabs, non-ASCII, digits.
+
+    `verbatim`: the tokenizer runs tokenizer.json as written (no text is left out in any version).
+    """
     source = Path(__file__).read_text(encoding="utf-8")
     lines = [ln for ln in source.splitlines(keepends=True) if ln.strip()]
-    extra = ["def f(x):\n    return x + 1\n", "a    b\n\n\tc  ", "ünïcödé 日本語 🤖 ≤ 10", "12345 + 678", "x  "]
+    extra = ["def f(x):\n    return x + 1\n", "a    b\n\n\tc  ", "ünïcödé 日本語 🤖 ≤ 10", "12345 + 678", "x  ",
+             "  x = 1\n", "\tif x:\n", "\n\ndef g():\n", " "]
     texts = [source, *lines[:80], *extra]
-    if TRANSFORMERS_5:
-        # transformers 5's LlamaTokenizer prepends "▁" only when a text does not already start with a
-        # space, where SentencePiece always adds it: a text that *starts* with whitespace gets one
-        # leading "▁" fewer. Every other position (indentation inside a text) matches.
-        texts = [t for t in texts if not t[0].isspace()]
+    if TRANSFORMERS_5 and not verbatim:
+        # transformers 5's LlamaTokenizer.__init__ (models/llama/tokenization_llama.py) drops tokenizer.json's
+        # normalizer (Prepend "▁" + Replace) and builds Metaspace(prepend_scheme="first", split=False), which
+        # prepends "▁" only when the text does not already start with one; SentencePiece always adds it. So a
+        # text that starts with a space (or "▁") gets one "▁" fewer. A leading tab or newline, and every other
+        # position, match. No tokenizer_config.json key changes this (legacy, add_prefix_space, from_slow).
+        texts = [t for t in texts if t[0] not in " ▁"]
     return texts
 
 
@@ -57,6 +63,23 @@ def test_tokenizer_folder_loads_in_transformers_and_encodes_like_sentencepiece(d
     assert tok.decode(tok("def f(x):\n    return x")["input_ids"], skip_special_tokens=True) == \
         "def f(x):\n    return x"
 
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pretrained_tokenizer_fast_encodes_like_sentencepiece_even_on_leading_whitespace(demo_built, model):
+    """The documented work-around for transformers 5: load tokenizer.json as written, in 4.x and 5.x alike."""
+    import sentencepiece as spm
+    from transformers import PreTrainedTokenizerFast
+
+    _, root, _ = demo_built
+    folder = root / "models_v2" / model / "tokenizer"
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    texts = _texts(verbatim=True)
+    assert sum(t[0].isspace() for t in texts) >= 40  # indented lines, tabs, newlines, a lone space
+    wrong = [t for t in texts if tok(t)["input_ids"] != [sp.bos_id(), *sp.encode(t)]]
+    assert not wrong, f"{len(wrong)} texts encode differently, e.g. {wrong[0]!r}"
+    assert tok.decode(tok("  x = 1\n")["input_ids"], skip_special_tokens=True) == "  x = 1\n"
 
 @pytest.mark.parametrize("model", ["micro-ref", "ref-sheared-llama-2.7b"])
 def test_llama_config_loads_and_weights_load_strictly_into_transformers(demo_built, model):
