@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -329,6 +330,8 @@ def test_credentials_in_urls_are_redacted_in_every_message(tmp_path, monkeypatch
     assert "secret" not in res.text and "127.0.0.1" in res.text
 
 
+@pytest.mark.skipif(not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
+                    reason="no /dev/full character device here")
 def test_stdout_on_a_full_disk_names_the_output_not_the_root(tmp_path):
     write_lock(tmp_path, art(f"a.json: {WJ}"))
     with open("/dev/full", "w") as full:
