@@ -258,8 +258,15 @@ def compile_schema(schema: Any) -> Any:
     words the error. Defaults are never filled in (the lock's params are hashed as written) and
     `format` is not asserted (as in jsonschema), so the pre-check never accepts what jsonschema
     refuses (tests/test_lock_fastpath.py holds it to that).
+
+    Missing library -> None as well: the pre-check is a speed-up only, and a wheel installed with
+    `--no-deps` into a training environment (or an environment made before the dependency existed)
+    must still validate its lock, with jsonschema alone (same verdicts, slower on large locks).
     """
-    import fastjsonschema
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
     try:
         validate = fastjsonschema.compile(schema, use_default=False, use_formats=False)
     except (fastjsonschema.JsonSchemaDefinitionException, ValueError, OSError):  # e.g. an unresolvable $ref

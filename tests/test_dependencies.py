@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
+import tempfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -42,3 +44,31 @@ def test_every_import_is_declared_and_every_dependency_is_imported():
     used = {_norm(dists[m][0]) if m in dists else m for m in _imported() - VIA_HUB}
     assert used - declared == set(), "imported but not declared in pyproject.toml"
     assert declared - used == set(), "declared in pyproject.toml but never imported"
+
+
+def _cli_without(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real CLI in a child whose environment lacks `module` (as after `pip install --no-deps`)."""
+    code = f"import sys; sys.modules[{module!r}] = None; from reconciler.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_the_lock_gate_works_without_fastjsonschema():
+    """fastjsonschema is only a speed-up in front of jsonschema: without it the verdicts are the same."""
+    lock = Path(__file__).parents[1] / "storage.lock.yaml"
+    res = _cli_without("fastjsonschema", "--lock", str(lock), "lock", "--check", "--allow-open", cwd=lock.parent)
+    assert res.returncode == 0, res.stderr
+    assert "Lock: valid, canonical" in res.stdout and "internal error" not in res.stderr
+    bad = lock.read_text().replace("dtype: float16", "dtype: float17", 1)
+    assert bad != lock.read_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "storage.lock.yaml").write_text(bad)
+        res = _cli_without("fastjsonschema", "lock", "--check", cwd=Path(tmp))
+    assert res.returncode == 2 and "float17" in res.stderr and "internal error" not in res.stderr, res.stderr
+
+
+def test_a_missing_dependency_is_one_clear_error_naming_the_package(tmp_path):
+    (tmp_path / "storage.lock.yaml").write_text("version: 1\nroot: storage\nsources: {}\nartifacts: {}\n")
+    res = _cli_without("obstore", "--remote", "s3://bucket/prefix", "check", "--remote", cwd=tmp_path)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "'obstore' is not installed" in res.stderr and "pip install obstore" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "internal error" not in res.stderr

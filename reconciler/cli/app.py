@@ -22,6 +22,15 @@ DEBUG = os.environ.get("RECONCILE_DEBUG") == "1"
 _RESOURCE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
+# Import names whose PyPI distribution is named otherwise (for the fix of a missing package).
+_PIP_NAMES = {"re2": "google-re2", "yaml": "pyyaml", "ruamel": "ruamel.yaml"}
+
+
+def _pip_name(module: str) -> str:
+    top = module.split(".")[0]
+    return _PIP_NAMES.get(top, top)
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
     try:
@@ -95,6 +104,14 @@ class ReconcileGroup(click.Group):
                    "the command's own output could not be written: free space where stdout/stderr go "
                    "(or redirect them elsewhere), then re-run")
             err = ResourceError(f"cannot write: {e.strerror}", where=where, fix=fix)
+            click.secho(f"error: {err.render()}", fg="red", err=True)
+            sys.exit(ExitCode.FAILED if detailed else exit_code_for(err))
+        except ModuleNotFoundError as e:  # a declared dependency the environment lacks (`pip install --no-deps`)
+            if DEBUG or not e.name or e.name.split(".")[0] in ("reconciler", "reconcile_testing"):
+                raise
+            err = ResourceError(f"the Python package {e.name!r} is not installed in {sys.prefix}",
+                                fix=f"install it (`pip install {_pip_name(e.name)}`), or reinstall reconcile "
+                                    "without --no-deps so pip installs every package it declares")
             click.secho(f"error: {err.render()}", fg="red", err=True)
             sys.exit(ExitCode.FAILED if detailed else exit_code_for(err))
         except KeyboardInterrupt:
