@@ -320,3 +320,16 @@ def machine_line(m: dict) -> str:
 def python() -> str:
     """The interpreter running the benchmark (children use the same one)."""
     return sys.executable
+
+
+def timed_clean(fn: Callable[[], object], dest: Path) -> float:
+    """Time `fn()` from a clean slate (nothing dirty to write back, no old output); `dest` must then hold bytes."""
+    dest.unlink(missing_ok=True)
+    os.sync()
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    if not dest.is_file() or dest.stat().st_size == 0:
+        raise RuntimeError(f"{dest} is missing or empty after the timed step")
+    dest.unlink()
+    return seconds

@@ -31,6 +31,7 @@ from _util import (
     python,
     ratio_cell,
     run_cmd,
+    timed_clean,
     verdict,
     warm,
     write_random_file,
@@ -79,18 +80,6 @@ def _fetch(source, dest: Path, partial: Path, connections: int = 4) -> None:
         commit(out, dest, where="bench", expected_sha256=got.sha256)
 
 
-def _timed_clean(fn, dest: Path) -> float:
-    """Time `fn()` from a clean slate: nothing dirty to write back, no old output."""
-    dest.unlink(missing_ok=True)
-    os.sync()
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    if dest.stat().st_size == 0:
-        raise RuntimeError(f"{dest} is empty after the download")
-    dest.unlink()
-    return seconds
-
 
 def make_store(work: Path, size: int) -> tuple[Path, str]:
     """A hub store holding one LFS file of `size` random bytes; returns (store, commit)."""
@@ -134,10 +123,10 @@ def _clients(work: Path, url_of, commit: str) -> tuple[Path, dict]:
     source = Source("bench", REPO_ID, "model", commit)
     curl = ["curl", "-sfL", "-o", str(dest), hf_hub_url(REPO_ID, "big.bin", revision=commit, endpoint=url_of)]
     return dest, {
-        "ours": lambda: _timed_clean(lambda: _fetch(source, dest, work / "partial"), dest),
-        "ours_1": lambda: _timed_clean(lambda: _fetch(source, dest, work / "partial", connections=1), dest),
-        "curl": lambda: _timed_clean(lambda: run_cmd(curl), dest),
-        "curl_sync": lambda: _timed_clean(lambda: (run_cmd(curl), run_cmd(["sync", str(dest)])), dest),
+        "ours": lambda: timed_clean(lambda: _fetch(source, dest, work / "partial"), dest),
+        "ours_1": lambda: timed_clean(lambda: _fetch(source, dest, work / "partial", connections=1), dest),
+        "curl": lambda: timed_clean(lambda: run_cmd(curl), dest),
+        "curl_sync": lambda: timed_clean(lambda: (run_cmd(curl), run_cmd(["sync", str(dest)])), dest),
     }
 
 

@@ -19,25 +19,13 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import time
 import uuid
 from pathlib import Path
 
-from _util import GIB, Row, fmt_s, run_cmd, verdict
+from _util import GIB, Row, fmt_s, run_cmd, timed_clean, verdict
 
 REPO_ID = "bench/big-file"
 
-
-def _timed_clean(fn, dest: Path) -> float:
-    dest.unlink(missing_ok=True)
-    os.sync()
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    if not dest.is_file() or dest.stat().st_size == 0:
-        raise RuntimeError(f"{dest} is missing or empty")
-    dest.unlink()
-    return seconds
 
 
 def _publish(cache_root: Path, source, sha: str, dest: Path) -> None:
@@ -83,10 +71,10 @@ def run(work: Path, quick: bool) -> list[Row]:
             sha = blob.name
             source = Source("bench", REPO_ID, "model", commit)
             for _ in range(reps):
-                times["ours"].append(_timed_clean(lambda: _publish(cache, source, sha, dest), dest))
-                times["download"].append(_timed_clean(lambda: _fetch(source, sha, dest, work / "partial"), dest))
-                times["ln"].append(_timed_clean(lambda: os.link(blob, dest), dest))
-                times["cp_sync"].append(_timed_clean(lambda: (run_cmd(["cp", str(blob), str(dest)]),
+                times["ours"].append(timed_clean(lambda: _publish(cache, source, sha, dest), dest))
+                times["download"].append(timed_clean(lambda: _fetch(source, sha, dest, work / "partial"), dest))
+                times["ln"].append(timed_clean(lambda: os.link(blob, dest), dest))
+                times["cp_sync"].append(timed_clean(lambda: (run_cmd(["cp", str(blob), str(dest)]),
                                                               run_cmd(["sync", str(dest)])), dest))
         finally:
             if old is None:
@@ -108,8 +96,8 @@ def _other_fs(cache: Path, blob: Path, source, sha: str, dest: Path, size: int, 
         moved_blob = moved / blob.relative_to(cache.resolve())
         times: dict[str, list[float]] = {"ours_copy": [], "cp_sync": []}
         for _ in range(reps):
-            times["ours_copy"].append(_timed_clean(lambda: _publish(moved, source, sha, dest), dest))
-            times["cp_sync"].append(_timed_clean(lambda: (run_cmd(["cp", str(moved_blob), str(dest)]),
+            times["ours_copy"].append(timed_clean(lambda: _publish(moved, source, sha, dest), dest))
+            times["cp_sync"].append(timed_clean(lambda: (run_cmd(["cp", str(moved_blob), str(dest)]),
                                                           run_cmd(["sync", str(dest)])), dest))
         return times
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ReconcileError, ResourceError, TransformError
@@ -46,8 +47,15 @@ def open_source(path: Path, where: str) -> TensorFile:
     A corrupt or hostile file is a TransformError carrying the reader's fix; running out of
     memory or address space stays a ResourceError (the file is fine: re-downloading would not help).
     """
-    try:
+    with _as_transform_error(where):
         return open_tensor_file(path)
+
+
+@contextmanager
+def _as_transform_error(where: str):
+    """A reader's error as this transform's (keeping its fix); out of memory stays a ResourceError."""
+    try:
+        yield
     except ResourceError:
         raise
     except ReconcileError as e:
@@ -92,12 +100,8 @@ def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]],
 
 
 def _open(source: Callable[[str], tuple[TensorFile, Entry]], name: str, where: str) -> tuple[TensorFile, Entry]:
-    try:
+    with _as_transform_error(where):
         return source(name)
-    except ResourceError:
-        raise
-    except ReconcileError as e:
-        raise TransformError(e.message, where=where, fix=e.fix) from None
 
 
 def _check_samples(readback, tf: TensorFile, entry: Entry, dtype: str, span: tuple[int, int], where: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -81,10 +82,7 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         """Number of elements (1 for a scalar, 0 for an empty tensor)."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def expected_nbytes(dtype: str, shape) -> int:

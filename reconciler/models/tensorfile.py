@@ -21,6 +21,7 @@ address-space limit) a ResourceError that names the limit, never a hint to re-do
 from __future__ import annotations
 
 import errno
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,10 +59,7 @@ class Entry:
     @property
     def numel(self) -> int:
         """Number of elements."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def itemsize(self) -> int:
