@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from .directio import StagingFile
 from .errors import IntegrityError, ResourceError
 from .hashing import sha256_file
 from .layout import temp_path_for
@@ -79,13 +80,15 @@ class HashingWriter:
     # Chunks at least this big are hashed on a helper thread while this one writes them: both
     # release the GIL, so a large write costs max(hash, write) instead of hash + write.
     PARALLEL_MIN = 1 << 20
-    # Every this many bytes, a helper thread flushes what was written so far (see _EarlySync), so
-    # the disk works while more bytes are produced and the fsync in close() only has the tail.
+    # Every this many bytes written through the page cache, a helper thread flushes what was written
+    # so far (see _EarlySync), so the disk works while more bytes are produced and the fsync in
+    # close() only has the tail. Not needed where the bytes go past the cache (directio): there
+    # every block is on the device when its write returns.
     EARLY_SYNC_EVERY = 64 << 20
 
     def __init__(self, path: Path, progress: Callable[[int], None] | None = None):
         self._progress = progress  # told the bytes of each write (a progress bar on a TTY)
-        self._f = open(path, "wb")
+        self._f = StagingFile(path)
         self._h = hashlib.sha256()
         self._pool: ThreadPoolExecutor | None = None
         self._sync: _EarlySync | None = None
@@ -109,12 +112,11 @@ class HashingWriter:
         self.size += n
         if self._progress is not None:
             self._progress(n)
-        if self.size - self._synced_at >= self.EARLY_SYNC_EVERY:
+        if self.size - self._synced_at >= self.EARLY_SYNC_EVERY and not self._f.direct:
             self._early_sync()
         return n
 
     def _early_sync(self) -> None:
-        self._f.flush()  # the flush can only reach bytes the kernel has
         if self._sync is None:
             self._sync = _EarlySync(self._f.fileno())
         self._sync.request()
@@ -148,7 +150,7 @@ class HashingWriter:
         except OSError:
             pass
         finally:
-            self._f.close()
+            self._f.abort()
 
     def _stop_sync(self) -> None:
         sync, self._sync = self._sync, None

@@ -1,0 +1,186 @@
+"""How a staged file's bytes reach the disk: past the page cache (O_DIRECT) where the filesystem allows.
+
+Why (measured on the 2-core VM, ext4 on virtio, `dd` of 1.6 GB, three alternating pairs): writing
+through the page cache and then `sync` took 2.0-4.7 s wall and 1.3-3.9 s of system CPU (every
+output byte copied into newly allocated cache pages, then written back); `oflag=direct` from reused
+buffers took 1.5-2.0 s and 0.5-0.8 s. For the 27 GB conversion on a 24 GB machine it also means the
+13.5 GB output does not push the input being read out of the cache, and nothing is left to write
+back when the final fsync comes.
+
+How: bytes are copied into aligned blocks (anonymous mmaps are page aligned; BLOCK is a multiple of
+every logical block size) and each full block is written at its offset by one I/O thread, while the
+caller fills the next (RING blocks, so memory is RING x BLOCK whatever the file size). Only whole
+blocks go direct; a file's tail, and everything after `flush()` (someone wants to read the bytes
+back now), goes through the page cache with O_DIRECT cleared on the descriptor. Where O_DIRECT is
+refused (tmpfs, some FUSE and network filesystems: EINVAL at open or at the first write) the same
+bytes go through the page cache instead; the file's contents never depend on which path was taken.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import queue
+import threading
+
+BLOCK = 8 << 20
+RING = 3
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class StagingFile:
+    """A write-only file that writes whole blocks with O_DIRECT on a helper thread where it can.
+
+    `write` copies and returns (backpressure: it waits when RING blocks are in flight); an error
+    of the helper thread is raised by the next `write`, `flush` or `close`.
+    """
+
+    def __init__(self, path: os.PathLike | str):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        self._fd = -1
+        if _O_DIRECT:
+            try:
+                self._fd = os.open(path, flags | _O_DIRECT, 0o666)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        if self._fd < 0:
+            self._fd = os.open(path, flags, 0o666)
+        self.pos = 0  # bytes accepted so far (the file's size once flushed)
+        self._cur: mmap.mmap | None = None  # the block being filled; its file offset is pos - fill
+        self._fill = 0
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._made = 0
+        self._todo: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.closed = False
+
+    def fileno(self) -> int:
+        """The descriptor (for fsync)."""
+        return self._fd
+
+    def write(self, data) -> int:
+        """Accept all of `data` (any buffer); returns its length."""
+        mv = memoryview(data).cast("B")
+        self._raise()
+        done = 0
+        while done < mv.nbytes:
+            if self._cur is None:
+                self._cur = self._block()
+            take = min(BLOCK - self._fill, mv.nbytes - done)
+            self._cur[self._fill:self._fill + take] = mv[done:done + take]
+            self._fill += take
+            done += take
+            self.pos += take
+            if self._fill == BLOCK:
+                self._submit()
+        return done
+
+    def flush(self) -> None:
+        """Put every accepted byte in the file (readable by another descriptor).
+
+        The partial block goes through the page cache (O_DIRECT is cleared: its offset and length
+        are not aligned), and so does everything written after it, block by block.
+        """
+        self._drain()
+        if self._fill:
+            self._end_direct()
+            _pwrite_all(self._fd, memoryview(self._cur)[:self._fill], self.pos - self._fill)
+            self._fill = 0
+
+    def close(self) -> None:
+        """Flush and close the descriptor (the caller fsyncs before, if it wants durability)."""
+        if self.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the helper thread and close, writing nothing more (the file is about to be discarded)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._thread is not None:
+            self._todo.put(None)
+            self._thread.join()
+        os.close(self._fd)
+        # Drop the blocks (unmapped when the last view of them goes; an exception's traceback may
+        # still hold one, so they are not closed by hand).
+        self._free, self._cur = queue.SimpleQueue(), None
+
+    # -- the direct path -------------------------------------------------------------------------
+
+    def _block(self) -> mmap.mmap:
+        if self._made < RING:  # blocks are made on demand: a small file never holds more than one
+            self._made += 1
+            return mmap.mmap(-1, BLOCK)
+        block = self._free.get()
+        if self._error is not None:
+            self._free.put(block)  # every block stays accounted for: flush and abort wait for them all
+            raise self._error
+        return block
+
+    def _submit(self) -> None:
+        if self._thread is None:
+            self._todo = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="reconcile-direct-write", daemon=True)
+            self._thread.start()
+        self._todo.put((self._cur, self.pos - self._fill))
+        self._cur, self._fill = None, 0
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            block, offset = item
+            if self._error is None:
+                try:
+                    self._write_block(block, offset)
+                except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
+                    self._error = e
+            self._free.put(block)
+
+    def _write_block(self, block: mmap.mmap, offset: int) -> None:
+        try:
+            _pwrite_all(self._fd, memoryview(block), offset)
+        except OSError as e:  # a filesystem that accepted O_DIRECT at open but not for this write
+            if e.errno != errno.EINVAL or not self._is_direct():
+                raise
+            self._end_direct()
+            _pwrite_all(self._fd, memoryview(block), offset)
+
+    def _drain(self) -> None:
+        """Wait until every submitted block is written."""
+        if self._thread is not None:
+            # every block not being filled comes back to the free queue once its write is done
+            back = [self._free.get() for _ in range(self._made - (self._cur is not None))]
+            for block in back:
+                self._free.put(block)
+            self._raise()
+
+    def _is_direct(self) -> bool:
+        return bool(fcntl.fcntl(self._fd, fcntl.F_GETFL) & _O_DIRECT)
+
+    @property
+    def direct(self) -> bool:
+        """Whether whole blocks still go past the page cache."""
+        return bool(_O_DIRECT) and self._is_direct()
+
+    def _end_direct(self) -> None:
+        if self.direct:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+def _pwrite_all(fd: int, mv: memoryview, offset: int) -> None:
+    while mv.nbytes:
+        n = os.pwrite(fd, mv, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "write accepted no bytes")
+        mv, offset = mv[n:], offset + n

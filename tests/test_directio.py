@@ -1,0 +1,132 @@
+"""The staging file that writes whole blocks past the page cache: same bytes on every path, errors surface."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler import directio
+from reconciler.directio import BLOCK, StagingFile
+from reconciler.publish import HashingWriter
+
+K = 4096
+
+# Each case: the sizes of successive writes; "F" flushes (someone reads the bytes back) in between.
+CASES = {
+    "empty": [],
+    "one byte": [1],
+    "one page": [K],
+    "just under a block": [BLOCK - 1],
+    "exactly a block": [BLOCK],
+    "a block and a byte": [BLOCK + 1],
+    "many small writes across blocks": [4097] * 5000,
+    "big write spanning blocks, odd tail": [3 * BLOCK + 17],
+    "more blocks than the ring": [BLOCK] * (directio.RING + 2) + [5],
+    "flush mid-block, then blocks": [100, "F", 2 * BLOCK + 3, "F", 7],
+    "flush at a block edge": [BLOCK, "F", BLOCK],
+}
+
+
+def _payload(n: int, seed: int) -> bytes:
+    return (seed.to_bytes(4, "little") + os.urandom(60)) * (n // 64) + os.urandom(n % 64)
+
+
+def _write(path: Path, steps: list) -> bytes:
+    want = bytearray()
+    f = StagingFile(path)
+    for i, step in enumerate(steps):
+        if step == "F":
+            f.flush()
+            assert path.read_bytes() == bytes(want), "after flush another descriptor reads every accepted byte"
+            continue
+        data = _payload(step, i)
+        assert f.write(memoryview(data)) == len(data)
+        want += data
+    f.close()
+    return bytes(want)
+
+
+@pytest.mark.parametrize("steps", CASES.values(), ids=CASES.keys())
+def test_the_file_holds_exactly_the_bytes_written(tmp_path, steps):
+    path = tmp_path / "out.bin"
+    want = _write(path, steps)
+    assert path.stat().st_size == len(want)
+    assert path.read_bytes() == want
+
+
+@pytest.mark.parametrize("steps", [CASES["big write spanning blocks, odd tail"], CASES["flush mid-block, then blocks"]])
+def test_same_bytes_where_there_is_no_o_direct(tmp_path, monkeypatch, steps):
+    """A platform without O_DIRECT (macOS): every block goes through the page cache, same bytes."""
+    monkeypatch.setattr(directio, "_O_DIRECT", 0)
+    f = StagingFile(tmp_path / "probe")
+    assert not f.direct
+    f.abort()
+    want = _write(tmp_path / "out.bin", steps)
+    assert (tmp_path / "out.bin").read_bytes() == want
+
+
+@pytest.mark.parametrize("steps", [CASES["big write spanning blocks, odd tail"]])
+def test_same_bytes_on_tmpfs(steps):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable tmpfs at /dev/shm")
+    path = shm / f"reconcile-directio-{os.getpid()}.bin"
+    try:
+        want = _write(path, steps)
+        assert path.read_bytes() == want
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_whole_blocks_go_direct_until_someone_reads_back(tmp_path):
+    f = StagingFile(tmp_path / "x")
+    if not f.direct:
+        f.abort()
+        pytest.skip("this filesystem refuses O_DIRECT")
+    f.write(b"\1" * (BLOCK + 10))
+    assert f.direct
+    f.flush()
+    assert not f.direct  # the unaligned tail went through the page cache, and so does what follows
+    f.write(b"\2" * 10)
+    f.close()
+    assert (tmp_path / "x").read_bytes() == b"\1" * (BLOCK + 10) + b"\2" * 10
+
+
+def test_hashing_writer_digest_matches_the_file(tmp_path):
+    import hashlib
+
+    data = _payload(2 * BLOCK + 12345, 7)
+    with HashingWriter(tmp_path / "h") as w:
+        for i in range(0, len(data), 3 * (1 << 20) + 1):
+            w.write(data[i:i + 3 * (1 << 20) + 1])
+    assert w.hexdigest() == hashlib.sha256(data).hexdigest() == hashlib.sha256((tmp_path / "h").read_bytes()).hexdigest()
+
+
+_FAULT = r"""
+import errno, resource, signal, sys
+from reconciler.publish import HashingWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, 20 << 20))
+w = HashingWriter(sys.argv[1])
+try:
+    with w:
+        for _ in range(8):
+            w.write(b"x" * (8 << 20))
+except OSError as e:
+    print("raised", errno.errorcode[e.errno])
+    sys.exit(0)
+print("no error")
+sys.exit(1)
+"""
+
+
+def test_a_write_error_on_the_io_thread_reaches_the_writer_and_nothing_hangs(tmp_path):
+    """A real fault (the file-size limit, EFBIG at the third block) raised to the caller, no deadlock."""
+    res = subprocess.run([sys.executable, "-c", _FAULT, str(tmp_path / "big")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "raised EFBIG" in res.stdout
