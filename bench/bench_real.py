@@ -171,6 +171,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "real")
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="reuse a checkpoint a --keep run left (skips generate + hash)")
     ap.add_argument("--convert-only", action="store_true", help="stop after the pairs (no micro, compare, check)")
     ap.add_argument("--smoke", action="store_true", help="a ~240 MB checkpoint (dim 512, 8 layers): tries the script")
     args = ap.parse_args(argv)
@@ -189,7 +190,7 @@ def main(argv: list[str]) -> int:
     py, cli = sys.executable, str(Path(sys.executable).with_name("reconcile"))
     root = work / "storage"
     try:
-        results = run(work, root, py, cli, args.pairs, args.convert_only)
+        results = run(work, root, py, cli, args.pairs, args.convert_only, args.reuse)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -199,19 +200,29 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run(work: Path, root: Path, py: str, cli: str, pairs: int, convert_only: bool = False) -> dict:
+def run(work: Path, root: Path, py: str, cli: str, pairs: int, convert_only: bool = False,
+        reuse: bool = False) -> dict:
     res: dict = {"machine": machine(), "load_before": os.getloadavg()}
     pbytes, res["params_from"] = params_bytes()
     ckpt, params = root / CKPT, root / PARAMS_REL
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     (work / "params.json").write_bytes(pbytes)
-    step("generate the checkpoint")
-    res["generate"] = measure([py, "-c", GEN, str(ckpt.parent), pbytes.decode(), str(params), str(work / "params.json")])
+    kept = work / "checkpoint.sha256"  # written once the checkpoint is generated and hashed
+    if reuse and ckpt.exists() and kept.exists() and params.read_bytes() == pbytes:
+        step("reuse the checkpoint a --keep run left")
+        sha = kept.read_text().strip()
+        res["reused_checkpoint"] = True
+    else:
+        kept.unlink(missing_ok=True)
+        step("generate the checkpoint")
+        res["generate"] = measure([py, "-c", GEN, str(ckpt.parent), pbytes.decode(), str(params),
+                                   str(work / "params.json")])
+        drop_cache(ckpt)
+        step("hash it once (what a download does)")
+        res["hash_input"] = measure([py, "-c", HASH, str(root), CKPT])
+        sha = res["hash_input"]["stdout"].strip()
+        kept.write_text(sha + "\n")
     res["checkpoint_bytes"] = ckpt.stat().st_size
-    drop_cache(ckpt)
-    step("hash it once (what a download does)")
-    res["hash_input"] = measure([py, "-c", HASH, str(root), CKPT])
-    sha = res["hash_input"]["stdout"].strip()
     psha = hashlib.sha256(pbytes).hexdigest()
     (work / "convert.lock.yaml").write_text(lock_text(sha, ckpt.stat().st_size, psha, len(pbytes), micro=False))
     (work / "micro.lock.yaml").write_text(lock_text(sha, ckpt.stat().st_size, psha, len(pbytes), micro=True))
