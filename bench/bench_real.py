@@ -183,6 +183,9 @@ def main(argv: list[str]) -> int:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
+    # what a kept run left counts as free: it is reused (the checkpoint) or replaced (the outputs)
+    free += sum(p.stat().st_size for p in (work / "storage" / CKPT, work / "storage" / OUT, work / "storage" / MICRO_OUT)
+                if p.exists() and (args.reuse or p.name != "consolidated.pth"))
     print(f"free disk under {work}: {free / 1e9:.1f} GB (need ~{NEED_DISK / 1e9:.0f} GB)", flush=True)
     if free < NEED_DISK:
         print("not enough free disk: free some space or pass --workdir on a bigger disk", file=sys.stderr)

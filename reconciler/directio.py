@@ -18,6 +18,7 @@ bytes go through the page cache instead; the file's contents never depend on whi
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -27,6 +28,7 @@ import threading
 
 BLOCK = 8 << 20
 RING = 3
+ALIGN = 4096  # offsets, lengths and addresses of direct writes: the largest common logical block size
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -66,7 +68,7 @@ class StagingFile:
         """Accept all of `data` (any buffer); returns its length."""
         mv = memoryview(data).cast("B")
         self._raise()
-        done = 0
+        done = self._write_in_place(mv)
         while done < mv.nbytes:
             if self._cur is None:
                 self._cur = self._block()
@@ -78,6 +80,30 @@ class StagingFile:
             if self._fill == BLOCK:
                 self._submit()
         return done
+
+    def _write_in_place(self, mv: memoryview) -> int:
+        """Write the whole pages of an aligned caller buffer straight from it, with no copy; the bytes written.
+
+        Why: a writer that lays its buffers out on page boundaries of the file (castwrite does)
+        saves the copy into a block, 0.2 s of CPU per 1.6 GB here. The write is synchronous: the
+        caller may reuse its buffer when `write` returns.
+        """
+        if mv.nbytes < ALIGN or self.pos % ALIGN or self._fill % ALIGN or mv.readonly or not self.direct:
+            return 0
+        if ctypes.addressof(ctypes.c_char.from_buffer(mv)) % ALIGN:
+            return 0
+        if self._fill:  # whole pages too (block starts stay page-aligned while the file is direct): send them first
+            self._submit()
+        n = mv.nbytes - mv.nbytes % ALIGN
+        try:
+            _pwrite_all(self._fd, mv[:n], self.pos)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._end_direct()
+            _pwrite_all(self._fd, mv[:n], self.pos)
+        self.pos += n
+        return n
 
     def flush(self) -> None:
         """Put every accepted byte in the file (readable by another descriptor).
@@ -130,27 +156,27 @@ class StagingFile:
             self._todo = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._run, name="reconcile-direct-write", daemon=True)
             self._thread.start()
-        self._todo.put((self._cur, self.pos - self._fill))
+        self._todo.put((self._cur, self.pos - self._fill, self._fill))
         self._cur, self._fill = None, 0
 
     def _run(self) -> None:
         while (item := self._todo.get()) is not None:
-            block, offset = item
+            block, offset, length = item
             if self._error is None:
                 try:
-                    self._write_block(block, offset)
+                    self._write_block(memoryview(block)[:length], offset)
                 except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
                     self._error = e
             self._free.put(block)
 
-    def _write_block(self, block: mmap.mmap, offset: int) -> None:
+    def _write_block(self, data: memoryview, offset: int) -> None:
         try:
-            _pwrite_all(self._fd, memoryview(block), offset)
+            _pwrite_all(self._fd, data, offset)
         except OSError as e:  # a filesystem that accepted O_DIRECT at open but not for this write
             if e.errno != errno.EINVAL or not self._is_direct():
                 raise
             self._end_direct()
-            _pwrite_all(self._fd, memoryview(block), offset)
+            _pwrite_all(self._fd, data, offset)
 
     def _drain(self) -> None:
         """Wait until every submitted block is written."""

@@ -28,6 +28,8 @@ CASES = {
     "more blocks than the ring": [BLOCK] * (directio.RING + 2) + [5],
     "flush mid-block, then blocks": [100, "F", 2 * BLOCK + 3, "F", 7],
     "flush at a block edge": [BLOCK, "F", BLOCK],
+    # castwrite's pattern: a tensor's head up to a chunk boundary, whole chunks, an odd tail, the next head
+    "heads, whole chunks, tails": [88 + 4096 * 3, BLOCK, BLOCK, 1234, BLOCK - 1234, BLOCK, 10, 4086, 7 * K, 3],
 }
 
 
@@ -35,7 +37,18 @@ def _payload(n: int, seed: int) -> bytes:
     return (seed.to_bytes(4, "little") + os.urandom(60)) * (n // 64) + os.urandom(n % 64)
 
 
-def _write(path: Path, steps: list) -> bytes:
+def _aligned(data: bytes) -> memoryview:
+    """`data` in a writable page-aligned buffer (what castwrite hands over: written in place, no copy)."""
+    import mmap
+
+    if not data:
+        return memoryview(b"")
+    m = mmap.mmap(-1, len(data))
+    m[:] = data
+    return memoryview(m)
+
+
+def _write(path: Path, steps: list, buffers=memoryview) -> bytes:
     want = bytearray()
     f = StagingFile(path)
     for i, step in enumerate(steps):
@@ -44,16 +57,17 @@ def _write(path: Path, steps: list) -> bytes:
             assert path.read_bytes() == bytes(want), "after flush another descriptor reads every accepted byte"
             continue
         data = _payload(step, i)
-        assert f.write(memoryview(data)) == len(data)
+        assert f.write(buffers(data)) == len(data)
         want += data
     f.close()
     return bytes(want)
 
 
+@pytest.mark.parametrize("buffers", [memoryview, _aligned], ids=["copied", "aligned-in-place"])
 @pytest.mark.parametrize("steps", CASES.values(), ids=CASES.keys())
-def test_the_file_holds_exactly_the_bytes_written(tmp_path, steps):
+def test_the_file_holds_exactly_the_bytes_written(tmp_path, steps, buffers):
     path = tmp_path / "out.bin"
-    want = _write(path, steps)
+    want = _write(path, steps, buffers)
     assert path.stat().st_size == len(want)
     assert path.read_bytes() == want
 
@@ -130,3 +144,28 @@ def test_a_write_error_on_the_io_thread_reaches_the_writer_and_nothing_hangs(tmp
                          timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "raised EFBIG" in res.stdout
+
+
+CHUNK_CASES = {  # (elements, elements per chunk, itemsize, stream offset of the tensor's first byte)
+    "starts on a boundary": (10_000, 1024, 2, 0),
+    "after a header": (10_000, 1024, 2, 88),
+    "smaller than the head": (5, 1024, 2, 88),
+    "fp32 after an odd fp16 tensor": (10_000, 512, 4, 4096 * 3 + 2),
+    "exactly one chunk after the head": (1024 + 980, 1024, 2, 88),
+    "empty": (0, 1024, 2, 88),
+}
+
+
+@pytest.mark.parametrize("case", CHUNK_CASES.values(), ids=CHUNK_CASES.keys())
+def test_castwrite_chunks_tile_the_tensor_and_meet_chunk_boundaries(case):
+    from reconciler.models.castwrite import _chunks
+
+    n, step, itemsize, at = case
+    ranges = list(_chunks(n, step, itemsize, at))
+    assert [f for f, _ in ranges] == [sum(c for _, c in ranges[:i]) for i in range(len(ranges))]
+    assert sum(c for _, c in ranges) == n and all(0 < c <= step for _, c in ranges)
+    chunk = step * itemsize
+    aligned = ((-at) % chunk) % itemsize == 0
+    starts = [at + f * itemsize for f, _ in ranges[1:]]
+    if aligned:  # every range after the first starts on a chunk boundary of the stream
+        assert all(s % chunk == 0 for s in starts)
