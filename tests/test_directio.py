@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import directio
-from reconciler.directio import BLOCK, StagingFile
+from reconciler.directio import BLOCK, DIRECT_FROM, StagingFile
 from reconciler.publish import HashingWriter
 
 K = 4096
@@ -28,6 +28,9 @@ CASES = {
     "more blocks than the ring": [BLOCK] * (directio.RING + 2) + [5],
     "flush mid-block, then blocks": [100, "F", 2 * BLOCK + 3, "F", 7],
     "flush at a block edge": [BLOCK, "F", BLOCK],
+    "flush in the direct phase": [DIRECT_FROM + 5, "F", BLOCK, 3],
+    "flush at a block edge of the direct phase": [DIRECT_FROM + BLOCK, "F", BLOCK + 1],
+    "the switch inside one write": [DIRECT_FROM - 3, 2 * BLOCK + 9],
     # castwrite's pattern: a tensor's head up to a chunk boundary, whole chunks, an odd tail, the next head
     "heads, whole chunks, tails": [88 + 4096 * 3, BLOCK, BLOCK, 1234, BLOCK - 1234, BLOCK, 10, 4086, 7 * K, 3],
 }
@@ -77,6 +80,7 @@ def test_same_bytes_where_there_is_no_o_direct(tmp_path, monkeypatch, steps):
     """A platform without O_DIRECT (macOS): every block goes through the page cache, same bytes."""
     monkeypatch.setattr(directio, "_O_DIRECT", 0)
     f = StagingFile(tmp_path / "probe")
+    f.write(b"x" * (DIRECT_FROM + BLOCK))
     assert not f.direct
     f.abort()
     want = _write(tmp_path / "out.bin", steps)
@@ -98,16 +102,17 @@ def test_same_bytes_on_tmpfs(steps):
 
 def test_whole_blocks_go_direct_until_someone_reads_back(tmp_path):
     f = StagingFile(tmp_path / "x")
+    f.write(b"\1" * (DIRECT_FROM - 1))
+    assert not f.direct  # small files stay in the page cache
+    f.write(b"\1" * (BLOCK + 11))
     if not f.direct:
         f.abort()
         pytest.skip("this filesystem refuses O_DIRECT")
-    f.write(b"\1" * (BLOCK + 10))
-    assert f.direct
     f.flush()
     assert not f.direct  # the unaligned tail went through the page cache, and so does what follows
     f.write(b"\2" * 10)
     f.close()
-    assert (tmp_path / "x").read_bytes() == b"\1" * (BLOCK + 10) + b"\2" * 10
+    assert (tmp_path / "x").read_bytes() == b"\1" * (DIRECT_FROM + BLOCK + 10) + b"\2" * 10
 
 
 def test_hashing_writer_digest_matches_the_file(tmp_path):
