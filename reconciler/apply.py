@@ -28,7 +28,7 @@ from .pathrule import member_names
 from .pins import source_commits
 from .plan import Action, Plan, build_recipe, unpinned
 from .provenance import read_provenance, tool_versions, write_provenance
-from .publish import commit, staged
+from .publish import batched_dir_syncs, commit, staged
 from .registry import TRANSFORMS
 from .rootlock import RootLock
 from .sources.hf_cache import HfCache, Reused
@@ -440,11 +440,12 @@ def _apply(lock: Lock, root: Path, cache: StatCache, reporter: Reporter, saved_p
         reporter.planned(pending)
         fetches = [x for x in pending if x.kind == "fetch"]
         reporter.download_total(sum(x.download_bytes or 0 for x in fetches))
-        with ThreadPoolExecutor(max(1, jobs)) as pool:
-            list(pool.map(attempt, fetches))
-        for x in pending:
-            if x.kind == "build":
-                attempt(x)
+        with batched_dir_syncs():  # every rename durable when apply returns, one fsync per folder
+            with ThreadPoolExecutor(max(1, jobs)) as pool:
+                list(pool.map(attempt, fetches))
+            for x in pending:
+                if x.kind == "build":
+                    attempt(x)
         result.hf_cache_bytes = hf_cache.reused_bytes - reused_before if hf_cache is not None else 0
         return result
 

@@ -21,7 +21,6 @@ contents never depend on which path was taken.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import mmap
@@ -168,6 +167,8 @@ class StagingFile:
         """
         if mv.nbytes < ALIGN or self.pos % ALIGN or self._fill % ALIGN or mv.readonly or not self.direct:
             return 0
+        import ctypes  # here: only big direct writes need it, and its import is start-up time for every command
+
         if ctypes.addressof(ctypes.c_char.from_buffer(mv)) % ALIGN:
             return 0
         if self._fill:  # whole pages too (block starts stay page-aligned while the file is direct): send them first

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 
 from .errors import ReconcileError, ResourceError
@@ -30,7 +29,10 @@ def tool_versions() -> dict[str, str]:
 @functools.cache
 def _tool_versions() -> dict[str, str]:
     """Read once per process: each `metadata.version` parses a package's METADATA file (~3 ms each,
-    ~20 ms per artifact: the largest CPU cost of applying 1,000 small downloads)."""
+    ~20 ms per artifact: the largest CPU cost of applying 1,000 small downloads). Imported here, not
+    at the top: `importlib.metadata` costs ~10 ms of start-up that `check` never needs."""
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
     for name in TOOLS:
         try:

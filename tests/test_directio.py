@@ -174,3 +174,47 @@ def test_castwrite_chunks_tile_the_tensor_and_meet_chunk_boundaries(case):
     starts = [at + f * itemsize for f, _ in ranges[1:]]
     if aligned:  # every range after the first starts on a chunk boundary of the stream
         assert all(s % chunk == 0 for s in starts)
+
+
+def _dir_fsyncs(monkeypatch) -> list[str]:
+    """Record the folders os.fsync is called on (the real fsync still runs)."""
+    import stat
+
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def _publish(final: Path, data: bytes) -> None:
+    from reconciler.publish import commit, staged
+
+    with staged(final, where=final.name) as out:
+        with out.open() as f:
+            f.write(data)
+        commit(out, final, where=final.name, expected_sha256=None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name the fsynced folders")
+def test_folder_fsyncs_are_batched_once_per_folder(tmp_path, monkeypatch):
+    from reconciler.publish import batched_dir_syncs
+
+    seen = _dir_fsyncs(monkeypatch)
+    _publish(tmp_path / "alone.bin", b"x")
+    assert seen == [str(tmp_path)]  # outside a batch: the rename is made durable at once
+    seen.clear()
+    with batched_dir_syncs():
+        with batched_dir_syncs():  # nested: only the outermost batch syncs
+            for i in range(3):
+                _publish(tmp_path / "a" / f"{i}.bin", b"a")
+        for i in range(2):
+            _publish(tmp_path / "b" / f"{i}.bin", b"b")
+        assert seen == []
+        assert (tmp_path / "a" / "2.bin").read_bytes() == b"a"  # renamed, visible before the sync
+    assert sorted(seen) == [str(tmp_path / "a"), str(tmp_path / "b")]
