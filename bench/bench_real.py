@@ -1,6 +1,6 @@
 """`make bench-real`: the real-size run of the Meta 7B_1T_4 conversion (26.95 GB float32 -> 13.5 GB float16).
 
-    python3 bench/bench_real.py [--workdir DIR] [--pairs N] [--keep]
+    python3 bench/bench_real.py [--workdir DIR] [--pairs N] [--keep] [--reuse] [--convert-only] [--table RESULTS]
 
 Steps, each a child process measured with wait4 (wall, user/sys CPU, peak RSS, bytes read from
 storage = ru_inblock x 512, i.e. what missed the page cache):
@@ -174,7 +174,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse a checkpoint a --keep run left (skips generate + hash)")
     ap.add_argument("--convert-only", action="store_true", help="stop after the pairs (no micro, compare, check)")
     ap.add_argument("--smoke", action="store_true", help="a ~240 MB checkpoint (dim 512, 8 layers): tries the script")
+    ap.add_argument("--table", type=Path, help="print the table of a results.json and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
     if args.smoke:
         global NEED_DISK, params_bytes
         NEED_DISK = 2e9
@@ -254,6 +258,7 @@ def run(work: Path, root: Path, py: str, cli: str, pairs: int, convert_only: boo
     res["load_after"] = os.getloadavg()
     if convert_only:
         return res
+    (root / MICRO_OUT).unlink(missing_ok=True)  # a kept run's micro model would make this step "Nothing to do"
     step("reconcile apply of the micro model (sliced from the fp16 file) under the same limit")
     res["micro"] = measure([cli, "--lock", str(work / "micro.lock.yaml"), "apply", "--no-hf-cache"], limit_as=True,
                           cwd=work)
@@ -287,14 +292,17 @@ def table(r: dict) -> str:
     floors = [p["floor_s"] for p in r["pairs"]]
     ratios = [c["wall_s"] / p["floor_s"] for c, p in zip(conv, r["pairs"])]
     med = statistics.median
-    rows = [
-        "| step | wall | user CPU | peak RSS | bytes read from disk | note |",
-        "|---|---|---|---|---|---|",
-        f"| generate {r['checkpoint_bytes']:,} B checkpoint | {r['generate']['wall_s']} s | "
-        f"{r['generate']['user_s']} s | {r['generate']['peak_rss_bytes'] / 1e9:.2f} GB | - | random N(0, 0.02), real layout |",
-        f"| hash the input once | {r['hash_input']['wall_s']} s | {r['hash_input']['user_s']} s | - | "
-        f"{r['hash_input']['read_bytes'] / 1e9:.1f} GB | what a download does while writing |",
-    ]
+    rows = ["| step | wall | user CPU | peak RSS | bytes read from disk | note |", "|---|---|---|---|---|---|"]
+    if "generate" in r:  # a --reuse run did not generate or hash the checkpoint
+        rows += [
+            f"| generate {r['checkpoint_bytes']:,} B checkpoint | {r['generate']['wall_s']} s | "
+            f"{r['generate']['user_s']} s | {r['generate']['peak_rss_bytes'] / 1e9:.2f} GB | - | random N(0, 0.02), "
+            "real layout; RSS counts its file-backed scratch pages |",
+            f"| hash the input once | {r['hash_input']['wall_s']} s | {r['hash_input']['user_s']} s | - | "
+            f"{r['hash_input']['read_bytes'] / 1e9:.1f} GB | what a download does while writing |",
+        ]
+    else:
+        rows.append(f"| checkpoint {r['checkpoint_bytes']:,} B, kept from an earlier run (`--reuse`) | - | - | - | - | |")
     for i, (c, p) in enumerate(zip(conv, r["pairs"]), 1):
         rows.append(f"| convert (apply, ulimit -v 4194304), run {i} | {c['wall_s']} s | {c['user_s']} s | "
                     f"{c['peak_rss_bytes'] / 1e9:.2f} GB | {c['read_bytes'] / 1e9:.1f} GB | floor {p['floor_s']} s "
