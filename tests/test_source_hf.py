@@ -268,3 +268,39 @@ def test_complete_partial_from_a_killed_run_needs_no_download(clean_hub, tmp_pat
     _, final = _fetch(tmp_path, expected=sha256(BIG_BYTES))
     assert final.read_bytes() == BIG_BYTES and _partials(tmp_path) == []
     assert clean_hub.requests(method="GET", file=BIG) == [] and len(clean_hub.requests(method="HEAD", file=BIG)) == 1
+
+
+def _fetch_pinned(tmp_path: Path, commit_sha: str, sha: str, size: int) -> Path:
+    source = Source("tiny", MODEL, "model", commit_sha)
+    final = tmp_path / "root" / BIG
+    with staged(final, where=BIG) as out:
+        hf.fetch_file(source, BIG, out, expected_sha256=sha, expected_size=size, partial_dir=tmp_path / "partial")
+        commit(out, final, where=BIG, expected_sha256=sha)
+    return final
+
+
+def test_a_small_file_pinned_at_a_commit_is_fetched_without_a_head(clean_hub, tmp_path):
+    final = _fetch_pinned(tmp_path, clean_hub.commits["model"], sha256(BIG_BYTES), len(BIG_BYTES))
+    assert final.read_bytes() == BIG_BYTES
+    assert [r.method for r in clean_hub.requests(file=BIG)] == ["GET"]
+
+
+@pytest.mark.parametrize("pin", ["sha256", "size"])
+def test_without_a_head_other_bytes_are_still_refused_and_nothing_is_published(clean_hub, tmp_path, pin):
+    """A hub that serves other bytes at a commit: found while writing, the file never reaches its final path."""
+    sha, size = sha256(BIG_BYTES), len(BIG_BYTES)
+    if pin == "sha256":
+        sha = "ab" * 32
+    else:
+        size -= 1  # the body is longer than the pin: cut after one chunk
+    with pytest.raises(IntegrityError, match=f"{'sha256' if pin == 'sha256' else 'size'} mismatch"):
+        _fetch_pinned(tmp_path, clean_hub.commits["model"], sha, size)
+    assert not (tmp_path / "root" / BIG).exists()
+    assert _partials(tmp_path) == []
+
+
+def test_a_big_pinned_file_is_still_checked_before_downloading(clean_hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(hf, "PINNED_NO_HEAD_MAX", len(BIG_BYTES) - 1)  # BIG counts as big here
+    with pytest.raises(IntegrityError, match="upstream changed"):
+        _fetch_pinned(tmp_path, clean_hub.commits["model"], "ab" * 32, len(BIG_BYTES))
+    assert clean_hub.requests(method="GET", file=BIG) == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -333,6 +334,25 @@ class _Assembly:
             self.partial.unlink(missing_ok=True)
 
 
+PINNED_NO_HEAD_MAX = 16 << 20  # a pinned file up to this size at a commit is fetched without a HEAD first
+
+
+def _pinned(source: Source, path: str, sha256: str | None, size: int | None) -> RemoteFile | None:
+    """What the hub serves, known without asking: a small file the lock pins (sha256 and size) at a commit.
+
+    Why: a commit is immutable, so its pins already say what a HEAD would, and for small files the
+    HEAD's round trip is a large part of the cost (apply of 1,000 x 1 MiB files from the local hub,
+    three alternating runs: 7.9-8.4 s with, 6.7-7.4 s without). The bytes are verified against both
+    pins while written, and a body longer than the pin is cut after one chunk. What a hub that serves
+    other bytes at that commit then gets is a sha256 or size mismatch after the download instead of
+    "upstream changed" before it; big files keep the HEAD, so that never costs a big download.
+    """
+    if (sha256 and size is not None and size <= PINNED_NO_HEAD_MAX
+            and re.fullmatch(r"[0-9a-f]{40}", source.revision or "")):
+        return RemoteFile(path, source.revision, size, sha256)
+    return None
+
+
 def _check_upstream(head: RemoteFile, sha256: str | None, size: int | None, where: str) -> None:
     """Refuse before downloading when the hub serves other bytes than the lock pins."""
     fix = ("if the new upstream bytes are intended, run `reconcile lock` to re-pin; otherwise pin the "
@@ -445,7 +465,7 @@ def fetch_file(source: Source, path: str, out: Output, *, expected_sha256: str |
     """
     where = f"{source.name}:{path}"
     _require_online(source, f"download {path}", where)
-    head = _head(source, path, where)
+    head = _pinned(source, path, expected_sha256, expected_size) or _head(source, path, where)
     _check_upstream(head, expected_sha256, expected_size, where)
     partial_dir.mkdir(parents=True, exist_ok=True)
     partial = partial_dir / partial_key(source.repo, source.type, head.commit, path, expected_sha256, expected_size)
