@@ -13,7 +13,7 @@ HUB0X_SPEC ?= huggingface_hub==0.36.2
 HUB0X      := $(VENV)/hub0x
 HUB_TESTS  := tests/test_hub.py tests/test_hub_http.py tests/test_source_hf.py tests/test_apply_hub.py tests/test_ranged_download.py tests/test_hf_cache.py
 
-.PHONY: install demo test test-hub0x wheel-check lint bench clean
+.PHONY: install demo test test-hub0x wheel-check lint bench clean schemas
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,9 @@ bench: install
 	$(BIN)/python bench/run.py
 
 # Real size (not in `make test`): the 26.95 GB Meta checkpoint -> fp16 under `ulimit -v 4194304`; ~45 GB of disk.
+schemas: install
+	$(BIN)/python -m reconciler.schemas.generate  # the lock schema's validator, compiled ahead of time
+
 bench-real: install
 	$(BIN)/python bench/bench_real.py
 

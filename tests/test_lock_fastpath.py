@@ -156,3 +156,45 @@ def test_a_lock_of_10000_artifacts_is_valid(tmp_path):
     lock = load_lock(path)
     assert len(lock.artifacts) == 10_000
     assert yaml.load(path.read_text(), Loader=SAFE_LOADER) == lock.raw  # noqa: S506 - a safe loader
+
+
+def test_the_shipped_lock_validator_is_made_from_the_shipped_schema():
+    """`reconciler/schemas/lock_validator.py` is what `python -m reconciler.schemas.generate` writes today."""
+    import fastjsonschema
+
+    from reconciler.schemas import generate, lock_validator
+
+    shipped = generate.TARGET.read_text(encoding="utf-8")
+    if lock_validator.VERSION != fastjsonschema.VERSION:
+        pytest.skip(f"made with fastjsonschema {lock_validator.VERSION}, {fastjsonschema.VERSION} installed")
+    assert shipped == generate.render(), "stale: run `make schemas` (python -m reconciler.schemas.generate)"
+
+
+def test_loading_a_lock_compiles_no_schema_at_run_time(tmp_path, monkeypatch):
+    """The lock schema's test comes precompiled: fastjsonschema.compile is never called for it, and an
+    invalid lock is still refused with jsonschema's message."""
+    import fastjsonschema
+
+    from reconciler import lockfile
+
+    real = fastjsonschema.compile
+
+    def refuse(schema, **k):  # params schemas of transforms still compile on first use; the lock's must not
+        if "storage.lock" in str(schema.get("$id", "")):
+            raise AssertionError("the lock schema was compiled at run time")
+        return real(schema, **k)
+
+    monkeypatch.setattr(fastjsonschema, "compile", refuse)
+    monkeypatch.setattr(lockfile, "_VALIDATORS", {})
+    lockfile._lock_schema.cache_clear()
+    try:
+        good = tmp_path / "storage.lock.yaml"
+        good.write_text('version: 1\nstorage_version: "1"\nartifacts:\n  a.json:\n    build: {transform: write_json, '
+                        'params: {data: 1}}\n')
+        assert "a.json" in load_lock(good).artifacts
+        bad = tmp_path / "bad.lock.yaml"
+        bad.write_text('version: 1\nstorage_version: "1"\nbogus: 1\nartifacts: {}\n')
+        with pytest.raises(LockError, match="bogus"):
+            load_lock(bad)
+    finally:
+        lockfile._lock_schema.cache_clear()
