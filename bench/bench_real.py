@@ -8,7 +8,7 @@ storage = ru_inblock x 512, i.e. what missed the page cache):
 1. generate the checkpoint with the real layout (params.json from ../shared/upstream when present,
    else the same numbers inline; random N(0, 0.02) weights; memory bounded by the largest tensor);
 2. hash it once and record the hash in the root's stat cache, as `apply` does while downloading;
-3. N alternating pairs (default 2) of the floor (read the input once with `dd`, then write as many
+3. N alternating pairs (default 5) of the floor (read the input once with `dd`, then write as many
    bytes as the output with an fsync) and of ours (`reconcile apply` of torch_to_safetensors under
    `ulimit -v 4194304`); the input's cached pages are dropped (posix_fadvise DONTNEED) before each;
 4. `reconcile apply` of the micro model sliced from the fp16 file, under the same limit;
@@ -169,7 +169,7 @@ print(json.dumps({"tensors": n, "differ": bad}))
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "real")
-    ap.add_argument("--pairs", type=int, default=2)
+    ap.add_argument("--pairs", type=int, default=5)  # the bench method: at least 5 alternating pairs
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="reuse a checkpoint a --keep run left (skips generate + hash)")
     ap.add_argument("--convert-only", action="store_true", help="stop after the pairs (no micro, compare, check)")
