@@ -6,6 +6,7 @@ Commands run through the real CLI in child processes on small locks of built-in 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,23 @@ def test_shell_completion_completes_artifact_paths(tmp_path):
     env |= {"COMP_WORDS": "reconcile show models/", "COMP_CWORD": "2"}
     out = subprocess.run([str(script)], cwd=p, env=env, capture_output=True, text=True, timeout=60).stdout
     assert out.split() == ["plain,models/a.json", "plain,models/b.json"]
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:http://127.0.0.1:3", "127.0.0.1:8080", "ftp://hub.example"])
+def test_a_malformed_hf_endpoint_is_one_error_naming_it(tmp_path, endpoint):
+    """huggingface_hub parses HF_ENDPOINT while it is imported; a bad value must not surface as a content failure."""
+    import subprocess
+    import sys
+
+    (tmp_path / "storage.lock.yaml").write_text(
+        'version: 1\nstorage_version: "1"\nroot: storage\nsources:\n'
+        f'  s: {{repo: org/model, type: model, revision: "{"a" * 40}"}}\n'
+        "artifacts:\n  config.json:\n    fetch: {source: s, path: config.json}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {"HF_ENDPOINT": endpoint,
+                                                                              "HF_HOME": str(tmp_path / "hf")}
+    res = subprocess.run([sys.executable, "-m", "reconciler", "apply"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "HF_ENDPOINT is not an http(s) URL" in res.stderr and "fix: set HF_ENDPOINT" in res.stderr
+    assert "Traceback" not in res.stderr and "Port could not be cast" not in res.stdout + res.stderr
+    assert not (tmp_path / "storage" / "config.json").exists()
