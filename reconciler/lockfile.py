@@ -39,9 +39,14 @@ def did_you_mean(name: str, known) -> str:
     return f" (known: {', '.join(known)})" if known and len(known) <= 40 else ""
 
 @cache
+def schema_text(name: str) -> str:
+    """The text of a JSON Schema shipped inside the package (`reconciler/schemas/`, read as package data)."""
+    return resources.files("reconciler.schemas").joinpath(name).read_text(encoding="utf-8")
+
+
 def load_schema(name: str) -> dict:
-    """A JSON Schema shipped inside the package (`reconciler/schemas/`, read as package data)."""
-    return json.loads(resources.files("reconciler.schemas").joinpath(name).read_text(encoding="utf-8"))
+    """A JSON Schema shipped inside the package, parsed."""
+    return json.loads(schema_text(name))
 
 
 # libyaml's parser (CSafeLoader) reads a 10,000-artifact lock ~5x faster than the pure-Python one.
@@ -272,6 +277,12 @@ def compile_schema(schema: Any) -> Any:
         validate = fastjsonschema.compile(schema, use_default=False, use_formats=False)
     except (fastjsonschema.JsonSchemaDefinitionException, ValueError, OSError):  # e.g. an unresolvable $ref
         return None
+    return _yes_no(validate)
+
+
+def _yes_no(validate: Any) -> Any:
+    """A fastjsonschema validator as a test `instance -> bool`."""
+    import fastjsonschema
 
     def test(instance: Any) -> bool:
         try:
@@ -319,23 +330,14 @@ def _best_match(errors: list):
 def _lock_schema() -> dict:
     """The lock schema; its yes/no test is the one compiled ahead of time when that was made from this
     very text (reconciler/schemas/generate.py says why: ~20 ms of every command's start-up)."""
-    text = resources.files("reconciler.schemas").joinpath("storage.lock.schema.json").read_text(encoding="utf-8")
+    text = schema_text("storage.lock.schema.json")
     schema = json.loads(text)
     try:
-        import fastjsonschema
-
-        from .schemas import lock_validator
+        from .schemas import lock_validator  # imports fastjsonschema
     except ImportError:  # no fastjsonschema (a --no-deps wheel): compile_schema says None, jsonschema decides
         return schema
     if lock_validator.SCHEMA_SHA256 == hashlib.sha256(text.encode()).hexdigest():
-        def test(instance: Any) -> bool:
-            try:
-                lock_validator.validate(instance)
-            except fastjsonschema.JsonSchemaValueException:
-                return False
-            return True
-
-        _VALIDATORS[id(schema)] = (schema, test)
+        _VALIDATORS[id(schema)] = (schema, _yes_no(lock_validator.validate))
     return schema
 
 

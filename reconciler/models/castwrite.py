@@ -185,8 +185,6 @@ class CastWriter:
                                  where=self.where)
         src_dtype = getattr(torch, entry.dtype)
         whole = self._read(tf, entry) if entry.stride is not None else None  # a strided view: read, then chunk
-        if whole is not None:
-            self._ahead.advance(entry.nbytes)
         lossy = torch.finfo(target).max < torch.finfo(src_dtype).max
         n, step = entry.numel, CHUNK_OUT // target.itemsize
         raw = None if src_dtype == target else self._raw_buffer(step * src_dtype.itemsize)
@@ -199,8 +197,6 @@ class CastWriter:
             slot.written.clear()
             slot.hashed.clear()
             out = slot.buf[:count * target.itemsize]
-            if whole is None:
-                self._ahead.advance(count * src_dtype.itemsize)
             if whole is not None:
                 src = whole[first:first + count]
             elif raw is None:  # same dtype: read straight into the output chunk, nothing to cast
@@ -240,6 +236,7 @@ class CastWriter:
             raise TransformError(e.message, where=self.where, fix=e.fix) from None
 
     def _read(self, tf: TensorFile, entry: Entry):
+        self._ahead.advance(entry.nbytes)  # the read-ahead's position: what the caster has read
         try:
             return tf.read(entry.name).reshape(-1)
         except ResourceError:
@@ -248,6 +245,7 @@ class CastWriter:
             raise TransformError(e.message, where=self.where, fix=e.fix) from None
 
     def _pread(self, tf: TensorFile, into, offset: int, name: str) -> None:
+        self._ahead.advance(into.numel())
         try:
             tf.pread_into(memoryview(into.numpy()), offset, name)
         except ResourceError:
