@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml testing/pyproject.toml
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build; an existing torch is kept.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]' -e ./testing
+	$(BIN)/pip install -q -e '.[dev,fast]' -e ./testing
 	touch $@
 
 demo: install

@@ -18,7 +18,7 @@ from .errors import ReconcileError, ResourceError
 from .layout import PROVENANCE_FORMAT, provenance_path
 from .publish import write_bytes_atomic
 
-TOOLS = ("reconcile", "torch", "safetensors", "sentencepiece", "pyarrow", "huggingface_hub")
+TOOLS = ("reconcile", "torch", "onnxruntime", "safetensors", "sentencepiece", "pyarrow", "huggingface_hub")
 
 
 def tool_versions() -> dict[str, str]:

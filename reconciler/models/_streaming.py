@@ -14,11 +14,15 @@ from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ReconcileError, ResourceError, TransformError
 from .castwrite import CastWriter
 from .checkpoint_layout import LayoutError
-from .safetensors_io import read_header, torch_dtype
-from .tensorfile import Entry, TensorFile, open_tensor_file
+from .chunkcast import Caster
+from .safetensors_io import read_header
+from .tensorfile import ST_DTYPES, Entry, TensorFile, open_tensor_file
+from .torchzip import ITEMSIZE
 
 
 def read_json(path: Path, where: str) -> dict:
@@ -66,11 +70,12 @@ SAMPLE_BYTES = 4096  # read back and compared per tensor at its start, middle an
 
 
 def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]],
-                   source: Callable[[str], tuple[TensorFile, Entry]], where: str) -> int:
+                   source: Callable[[str], tuple[TensorFile, Entry]], where: str) -> dict:
     """Cast tensors into `out` as safetensors in one pipelined pass, then verify layout and sampled values.
 
-    `source(name)` returns the (TensorFile, Entry) to read tensor `name` from. Returns the number
-    of bytes written; `out.tensors` is set to the tensor manifest computed on the way.
+    `source(name)` returns the (TensorFile, Entry) to read tensor `name` from. Returns {"bytes": bytes
+    written, "cast_by": the engines that cast chunks}; `out.tensors` is set to the tensor manifest
+    computed on the way.
 
     Why the output is not re-read and re-hashed in full: every byte goes through `out`'s hashing
     writer and the tensor hasher (`castwrite`), which hash exactly the buffers written, and publish
@@ -93,10 +98,10 @@ def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]],
         f.flush()
         for name in writer.order:
             tf, entry = _open(source, name, where)
-            _check_samples(readback, tf, entry, specs[name][0], writer.spans[name], where)
+            _check_samples(readback, tf, entry, specs[name][0], writer.spans[name], where, writer.caster)
     verify_layout(Path(out.path), specs, writer.spans, where)
     out.tensors = writer.manifest
-    return size
+    return {"bytes": size, "cast_by": sorted(writer.caster.used)}
 
 
 def _open(source: Callable[[str], tuple[TensorFile, Entry]], name: str, where: str) -> tuple[TensorFile, Entry]:
@@ -104,37 +109,51 @@ def _open(source: Callable[[str], tuple[TensorFile, Entry]], name: str, where: s
         return source(name)
 
 
-def _check_samples(readback, tf: TensorFile, entry: Entry, dtype: str, span: tuple[int, int], where: str) -> None:
+def _check_samples(readback, tf: TensorFile, entry: Entry, dtype: str, span: tuple[int, int], where: str,
+                   caster: Caster) -> None:
     """The stored bytes at a tensor's start, middle and end equal the source's cast there."""
-    import torch
-
-    target = torch_dtype(dtype)
-    width, name = target.itemsize, entry.name
+    target = ST_DTYPES[dtype]
+    width, isz, name = ITEMSIZE[target], entry.itemsize, entry.name
     start, end = span
     k = max(SAMPLE_BYTES // width, 1)
     n = entry.numel
-    flat = tf.read(name).reshape(-1) if entry.stride is not None else None
+    flat = _strided_bytes(tf, name) if entry.stride is not None else None
     for first in sorted({0, max(n // 2 - k // 2, 0), max(n - k, 0)}):
         count = min(k, n - first)
         if count <= 0:
             continue
         if flat is None:
-            raw = bytearray(count * entry.itemsize)
-            tf.pread_into(memoryview(raw), entry.start + first * entry.itemsize, name)
-            src = torch.frombuffer(raw, dtype=getattr(torch, entry.dtype))
+            src = np.empty(count * isz, dtype=np.uint8)
+            tf.pread_into(memoryview(src), entry.start + first * isz, name)
         else:
-            src = flat[first:first + count]
-        want = src.to(target)
+            src = flat[first * isz:(first + count) * isz]
+        want = np.empty(count * width, dtype=np.uint8)
+        if entry.dtype == target:
+            want[:] = src
+        else:
+            caster.cast(src, entry.dtype, want, target)  # an overflow already failed the write
         at = start + first * width
         got = os.pread(readback.fileno(), count * width, at)
         if at + len(got) > end or len(got) != count * width:
             raise TransformError(f"tensor {name}: the converted file is shorter than its header says", where=where)
-        if got == want.view(torch.uint8).numpy().tobytes():
-            continue
-        stored = torch.frombuffer(bytearray(got), dtype=target)
-        if not bool(((stored == want) | (stored.isnan() & want.isnan())).all()):  # NaN payloads may differ
+        if got != want.tobytes() and not _same_values(got, want, target):
             raise TransformError(f"tensor {name}: stored values differ from the source cast to {dtype}",
                                  where=where)
+
+
+def _strided_bytes(tf: TensorFile, name: str) -> np.ndarray:
+    import torch
+
+    return tf.read(name).reshape(-1).view(torch.uint8).numpy()
+
+
+def _same_values(got: bytes, want: np.ndarray, dtype: str) -> bool:
+    """Equal as values, NaN equal to NaN (payloads may differ between cast engines); rare, so torch."""
+    import torch
+
+    stored = torch.frombuffer(bytearray(got), dtype=getattr(torch, dtype))
+    expected = torch.from_numpy(want).view(getattr(torch, dtype))
+    return bool(((stored == expected) | (stored.isnan() & expected.isnan())).all())
 
 
 def verify_layout(path: Path, specs: Mapping[str, tuple[str, tuple[int, ...]]],

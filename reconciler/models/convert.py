@@ -46,10 +46,10 @@ def torch_to_safetensors(inputs, params, out):
             raise TransformError(f"{problem} (checked against params.json)", where="checkpoint",
                                  fix="pair the checkpoint with its own params.json, or list extra keys in params.drop")
         keep = sorted(name for name in found if not matches(name, skip))
-        size = write_verified(out, {name: (dtype, found[name]) for name in keep},
-                              lambda name: (source, source[name]), "checkpoint")
+        written = write_verified(out, {name: (dtype, found[name]) for name in keep},
+                                 lambda name: (source, source[name]), "checkpoint")
         return {"n_tensors": len(keep), "n_params": sum(math.prod(found[k]) for k in keep),
-                "dtype": params.get("dtype", "float16"), "bytes": size,
+                "dtype": params.get("dtype", "float16"), **written,
                 "source_dtypes": sorted({source[k].dtype for k in keep}),
                 "dropped": sorted(set(found) - set(keep))}
 
@@ -74,9 +74,9 @@ def merge_shards(inputs, params, out):
                              "bytes", where="index", fix="use the index that was published with these shards")
     keep = sorted(name for name in found if not matches(name, drop))
     with _ShardReader(shards, found) as source:
-        size = write_verified(out, {name: (dtype, found[name][2]) for name in keep}, source.get, "shards")
+        written = write_verified(out, {name: (dtype, found[name][2]) for name in keep}, source.get, "shards")
     return {"n_tensors": len(keep), "n_params": sum(math.prod(found[k][2]) for k in keep),
-            "dtype": params.get("dtype", "float16"), "bytes": size, "n_shards": len(shards),
+            "dtype": params.get("dtype", "float16"), **written, "n_shards": len(shards),
             "source_dtypes": sorted({found[k][1] for k in keep}),
             "dropped": sorted(set(found) - set(keep))}
 
