@@ -13,16 +13,18 @@ import os
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ReconcileError, ResourceError, TransformError
-from .castwrite import CastWriter
 from .checkpoint_layout import LayoutError
-from .chunkcast import Caster
 from .safetensors_io import read_header
 from .tensorfile import ST_DTYPES, Entry, TensorFile, open_tensor_file
 from .torchzip import ITEMSIZE
+
+if TYPE_CHECKING:  # numpy and the pipeline load when a conversion runs, not with the plug-ins (every command)
+    import numpy as np
+
+    from .chunkcast import Caster
 
 
 def read_json(path: Path, where: str) -> dict:
@@ -92,6 +94,8 @@ def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]],
         _, entry = _open(source, name, where)
         if not entry.dtype.startswith(("float", "bfloat")):
             raise TransformError(f"tensor {name} has dtype {entry.dtype}, not a floating-point weight", where=where)
+    from .castwrite import CastWriter
+
     with out.open() as f, open(out.path, "rb", buffering=0) as readback:
         writer = CastWriter(f, specs, lambda name: _open(source, name, where), where)
         size = writer.run()
@@ -112,6 +116,8 @@ def _open(source: Callable[[str], tuple[TensorFile, Entry]], name: str, where: s
 def _check_samples(readback, tf: TensorFile, entry: Entry, dtype: str, span: tuple[int, int], where: str,
                    caster: Caster) -> None:
     """The stored bytes at a tensor's start, middle and end equal the source's cast there."""
+    import numpy as np
+
     target = ST_DTYPES[dtype]
     width, isz, name = ITEMSIZE[target], entry.itemsize, entry.name
     start, end = span
