@@ -2,7 +2,7 @@
 
     python3 bench/run.py [--quick] [--only NAME ...] [--workdir DIR] [--keep]
 
-NAMEs: convert, download, dataset, check, deep, lock, hfcache, loads, peers, remote. Writes the table to bench-out/results.md
+NAMEs: convert, pairs, download, dataset, check, deep, lock, hfcache, loads, peers, remote. Writes the table to bench-out/results.md
 and the raw figures (plus the machine description) to bench-out/results.json. Large files are
 generated under the work dir (default bench-out/work) and removed at the end unless --keep.
 A benchmark that fails becomes an `error` row; the others still run. See bench/README.md.
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench mo
 
 from _util import REPO, Row, fmt_s, machine, machine_line, verdict  # noqa: E402
 
-NAMES = ("convert", "download", "dataset", "check", "deep", "lock", "hfcache", "loads", "peers", "remote")
+NAMES = ("convert", "pairs", "download", "dataset", "check", "deep", "lock", "hfcache", "loads", "peers", "remote")
 COLUMNS = ("benchmark", "figure", "ours", "baseline", "ratio", "goal", "met")
 
 
@@ -58,6 +58,7 @@ def dataset_rows(work: Path, quick: bool) -> list[Row]:
 
 def _runners():
     import bench_check
+    import bench_convert_pairs
     import bench_download
     import bench_hf_cache
     import bench_loads
@@ -65,7 +66,7 @@ def _runners():
     import bench_models
     import bench_peers
     import bench_remote
-    return {"convert": bench_models.run, "download": bench_download.run, "dataset": dataset_rows,
+    return {"convert": bench_models.run, "pairs": bench_convert_pairs.run, "download": bench_download.run, "dataset": dataset_rows,
             "check": lambda w, q: bench_check.run(w, q, "stat"), "deep": lambda w, q: bench_check.run(w, q, "deep"),
             "lock": bench_lock.run, "hfcache": bench_hf_cache.run, "loads": bench_loads.run,
             "peers": bench_peers.run, "remote": bench_remote.run}
