@@ -120,8 +120,9 @@ def test_a_conversion_does_not_import_torch_when_onnxruntime_casts(tmp_path):
         "open(src, 'wb').write(struct.pack('<Q', len(header)) + header + data)\n"
         "class Sink:\n"
         "    def write(self, b): return memoryview(b).nbytes\n"
+        "from reconciler.models.chunkcast import Caster\n"
         "with open_tensor_file(src) as tf:\n"
-        "    CastWriter(Sink(), {'w': ('F16', (64, 64))}, lambda n: (tf, tf[n]), 't').run()\n"
+        "    CastWriter(Sink(), {'w': ('F16', (64, 64))}, lambda n: (tf, tf[n]), 't', Caster()).run()\n"
         "print('torch' in sys.modules)\n")
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False", res.stderr
@@ -177,3 +178,42 @@ def test_apply_writes_the_same_bytes_with_and_without_onnxruntime(meta_ckpt, tmp
         assert read_provenance(root, "out/model.safetensors")["info"]["cast_by"] == (
             ["torch"] if without else ["onnxruntime"])
     assert digests[0] == digests[1]
+
+
+def _write(tmp_path, tensors: dict) -> dict:
+    """write_verified of a torch checkpoint holding `tensors`, each to float16; returns its info."""
+    from reconciler.models._streaming import write_verified
+    from reconciler.models.tensorfile import open_tensor_file
+    from reconciler.publish import commit, staged
+
+    torch.save(tensors, tmp_path / "c.pth")
+    final = tmp_path / "out.safetensors"
+    with open_tensor_file(tmp_path / "c.pth") as tf, staged(final, where="t") as out:
+        info = write_verified(out, {n: ("F16", tuple(t.shape)) for n, t in tensors.items()},
+                              lambda n: (tf, tf[n]), "t")
+        commit(out, final, where="t", expected_sha256=None)
+    return info
+
+
+def test_cast_by_names_the_engines_that_cast_the_stored_bytes(tmp_path):
+    """One chunk holding a NaN is torch's; the read-back samples (some cast by onnxruntime) do not count."""
+    nan_first = torch.randn(64, 64)
+    nan_first[0, 0] = float("nan")  # in the first sample, not the middle one
+    assert _write(tmp_path, {"w": nan_first})["cast_by"] == ["torch"]
+    assert _write(tmp_path, {"w": torch.randn(64, 64)})["cast_by"] == ["onnxruntime"]
+    both = _write(tmp_path, {"v": torch.randn(100), "w": nan_first})["cast_by"]
+    assert both == ["onnxruntime", "torch"]
+
+
+def test_a_conversion_leaves_torchs_thread_count_as_it_found_it(tmp_path):
+    """torch casts at one thread while the pipeline runs (its workers would spin), and gives the count back
+    after the read-back samples too, which torch may also cast."""
+    t = torch.randn(64, 64)
+    t[0, 0] = float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert "torch" in _write(tmp_path, {"w": t})["cast_by"]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

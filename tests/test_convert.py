@@ -317,6 +317,7 @@ def test_a_write_error_in_the_pipeline_surfaces_and_stops_its_threads(big_meta):
     import threading
 
     from reconciler.models.castwrite import CastWriter
+    from reconciler.models.chunkcast import Caster
     from reconciler.models.tensorfile import open_tensor_file
 
     class FillsUp:
@@ -333,6 +334,6 @@ def test_a_write_error_in_the_pipeline_surfaces_and_stops_its_threads(big_meta):
     with open_tensor_file(big_meta["checkpoint"]) as tf:
         specs = {e.name: ("F16", e.shape) for e in tf.entries}
         with pytest.raises(OSError) as e:
-            CastWriter(FillsUp(), specs, lambda name: (tf, tf[name]), "t").run()
+            CastWriter(FillsUp(), specs, lambda name: (tf, tf[name]), "t", Caster()).run()
     assert e.value.errno == errno.ENOSPC
     assert threading.active_count() == before

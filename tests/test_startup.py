@@ -7,6 +7,7 @@ in a fresh interpreter: this test process itself has long imported torch.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ def _heavy_imported_after(code: str, cwd=None) -> list[str]:
     probe = textwrap.dedent(code) + f"\nimport sys\nprint('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, timeout=120)
     assert res.returncode == 0, res.stderr
-    return eval(res.stdout.strip().splitlines()[-1].removeprefix("HEAVY "))
+    return ast.literal_eval(res.stdout.strip().splitlines()[-1].removeprefix("HEAVY "))
 
 
 def _torch_imported_after(code: str, cwd=None) -> bool:

@@ -95,17 +95,22 @@ def write_verified(out, specs: Mapping[str, tuple[str, tuple[int, ...]]],
         if not entry.dtype.startswith(("float", "bfloat")):
             raise TransformError(f"tensor {name} has dtype {entry.dtype}, not a floating-point weight", where=where)
     from .castwrite import CastWriter
+    from .chunkcast import Caster
 
-    with out.open() as f, open(out.path, "rb", buffering=0) as readback:
-        writer = CastWriter(f, specs, lambda name: _open(source, name, where), where)
-        size = writer.run()
-        f.flush()
-        for name in writer.order:
-            tf, entry = _open(source, name, where)
-            _check_samples(readback, tf, entry, specs[name][0], writer.spans[name], where, writer.caster)
+    caster = Caster()  # the writer's chunks and the read-back samples are cast by the same engines
+    try:
+        with out.open() as f, open(out.path, "rb", buffering=0) as readback:
+            writer = CastWriter(f, specs, lambda name: _open(source, name, where), where, caster)
+            size = writer.run()
+            f.flush()
+            for name in writer.order:
+                tf, entry = _open(source, name, where)
+                _check_samples(readback, tf, entry, specs[name][0], writer.spans[name], where, caster)
+    finally:
+        caster.close()  # after the samples: a torch cast among them must not leave torch on one thread
     verify_layout(Path(out.path), specs, writer.spans, where)
     out.tensors = writer.manifest
-    return {"bytes": size, "cast_by": sorted(writer.caster.used)}
+    return {"bytes": size, "cast_by": writer.cast_by}
 
 
 def _open(source: Callable[[str], tuple[TensorFile, Entry]], name: str, where: str) -> tuple[TensorFile, Entry]:

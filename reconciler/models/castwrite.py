@@ -3,9 +3,9 @@
 Why a pipeline: converting the real 27 GB checkpoint is bounded by the disk, but the CPU work per
 output byte (copy out of the page cache, cast, the file's sha256, each tensor's sha256 for the
 manifest, copy into the page cache) is ~1.7 ns per output byte on this machine, and one thread doing
-it in turn stalls the disk. Here the calling thread reads a chunk with `pread` and casts it (`chunkcast`:
-onnxruntime or torch, either releases the GIL), and two helper threads take each cast chunk: one writes it through the output's
-hashing writer (which hashes the file's sha256 on its own thread while the kernel copies), one
+it in turn stalls the disk. Here the calling thread reads a chunk with `pread` and casts it
+(`chunkcast`: onnxruntime or torch, either releases the GIL), and two helper threads take each cast
+chunk: one writes it through the output's hashing writer (which hashes the file's sha256 on its own thread while the kernel copies), one
 updates the tensor's sha256. Every byte is read once from the source and hashed once per digest,
 never re-read from the output; memory is a few chunks (RING x CHUNK), whatever the file size.
 
@@ -124,14 +124,16 @@ class _ReadAhead(threading.Thread):
 class CastWriter:
     """Writes `specs` (name -> (safetensors dtype, shape)) into `f` from sources, casting on the way.
 
-    `source(name)` returns (TensorFile, Entry) of the tensor to cast. After `run()`: `spans` (the
-    [start, end) stream offsets of each tensor's bytes, from what `f.write` accepted), `manifest`
-    (name -> {dtype, shape, sha256}) and `size`.
+    `source(name)` returns (TensorFile, Entry) of the tensor to cast; `caster` casts the chunks (the
+    caller closes it when done with it). After `run()`: `spans` (the [start, end) stream offsets of each
+    tensor's bytes, from what `f.write` accepted), `manifest` (name -> {dtype, shape, sha256}), `size`,
+    and `cast_by` (the engines that cast chunks of this file).
     """
 
     def __init__(self, f, specs: Mapping[str, tuple[str, tuple[int, ...]]],
-                 source: Callable[[str], tuple[TensorFile, Entry]], where: str):
-        self.f, self.specs, self.source, self.where = f, dict(specs), source, where
+                 source: Callable[[str], tuple[TensorFile, Entry]], where: str, caster: Caster):
+        self.f, self.specs, self.source, self.where, self.caster = f, dict(specs), source, where, caster
+        self.cast_by: list[str] = []
         self.order = layout_order(self.specs)
         self.spans: dict[str, tuple[int, int]] = {}
         self.manifest: dict[str, dict] = {}
@@ -140,7 +142,6 @@ class CastWriter:
         self._turn = 0  # chunks handed out so far: picks the next slot of the ring
         self._ahead: _ReadAhead | None = None
         self._raw = None  # the source-side read buffer, allocated once (per-tensor buffers fragment the heap)
-        self.caster = Caster()  # also lent to the caller, to cast its read-back samples the same way
 
     def run(self) -> int:
         """Write the header and every tensor; returns the bytes written."""
@@ -161,7 +162,7 @@ class CastWriter:
                 hasher.q.put(("end", name))
                 self.spans[name] = (start, self.size)
         finally:
-            self.caster.close()
+            self.cast_by = sorted(self.caster.used)
             if self._ahead is not None:
                 self._ahead.stop()
             writer.stop()

@@ -40,7 +40,7 @@ class Caster:
 
     @property
     def engine(self) -> str:
-        """"onnxruntime" or "torch": what casts float chunks when it can (see `used` for what did)."""
+        """What casts float chunks when it can, "onnxruntime" or "torch" (`used`: what did)."""
         return "onnxruntime" if self._ort is not None else "torch"
 
     def cast(self, src: np.ndarray, src_dtype: str, out: np.ndarray, dtype: str) -> int:
@@ -51,11 +51,9 @@ class Caster:
         if src.nbytes == 0:
             return 0
         session = self._session(src_dtype, dtype)
-        if session is not None:
-            self._run(session, src, src_dtype, out, dtype)
-            if not self._non_finite(out, dtype):
-                self.used.add("onnxruntime")
-                return 0
+        if session is not None and self._ran(session, src, src_dtype, out, dtype) and not self._non_finite(out, dtype):
+            self.used.add("onnxruntime")
+            return 0
         self.used.add("torch")
         return self._torch_cast(src, src_dtype, out, dtype)
 
@@ -86,6 +84,15 @@ class Caster:
             return None
         return session if out.tobytes() == reference_cast(probe, src_dtype, dtype).tobytes() else None
 
+    def _ran(self, session, src: np.ndarray, src_dtype: str, out: np.ndarray, dtype: str) -> bool:
+        """Cast one chunk with onnxruntime; False when it failed (out of memory, say): torch casts it then,
+        and reports a real shortage of memory in the words the rest of reconcile understands."""
+        try:
+            self._run(session, src, src_dtype, out, dtype)
+        except Exception:  # noqa: BLE001 - onnxruntime's errors share no base class with ours or MemoryError
+            return False
+        return True
+
     def _run(self, session, src: np.ndarray, src_dtype: str, out: np.ndarray, dtype: str) -> None:
         ort, binding = self._ort, session.io_binding()
         # over our buffers, no copy; typed by ONNX element type (numpy has no bfloat16)
@@ -110,10 +117,10 @@ class Caster:
         o.copy_(s)
         if torch.finfo(o.dtype).max >= torch.finfo(s.dtype).max:
             return 0
-        return _new_non_finite(torch, s, o)
+        return new_non_finite(torch, s, o)
 
     def close(self) -> None:
-        """Give torch back its thread count if it cast anything (the caster stays usable)."""
+        """Give torch back its thread count if it cast anything (call it last: a later torch cast sets it again)."""
         if self._torch is not None:
             self._torch.set_num_threads(self._threads)
             self._torch = None
@@ -178,7 +185,7 @@ def _onnxruntime():
     return onnxruntime if hasattr(value, "ortvalue_from_numpy_with_onnx_type") else None
 
 
-def _new_non_finite(torch, src, cast) -> int:
+def new_non_finite(torch, src, cast) -> int:
     """Finite source values that the narrowing cast turned into +-inf (0 in the common case, cheaply).
 
     A narrowing float cast can only turn finite values into +-inf, so a chunk whose cast min and max

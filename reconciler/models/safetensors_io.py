@@ -209,20 +209,16 @@ def _cast_slices(tensor, target, buf) -> Iterator[tuple[object, int]]:
     """
     import torch
 
+    from .chunkcast import new_non_finite
+
     flat = tensor.reshape(-1)  # a view for contiguous tensors (mmap'd checkpoints are)
     lossy = target.is_floating_point and flat.dtype.is_floating_point and \
         torch.finfo(target).max < torch.finfo(flat.dtype).max
-    inf = float("inf")
     for i in range(0, flat.numel(), buf.numel()):
         src = flat[i:i + buf.numel()]
         piece = buf[:src.numel()]
         piece.copy_(src)
-        n_new = 0
-        if lossy:
-            lo, hi = torch.aminmax(piece)
-            if not (-inf < lo.item() and hi.item() < inf):
-                n_new = int((~torch.isfinite(piece)).sum()) - int((~torch.isfinite(src)).sum())
-        yield piece, n_new
+        yield piece, new_non_finite(torch, src, piece) if lossy else 0
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str]]:
