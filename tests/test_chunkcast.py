@@ -217,3 +217,25 @@ def test_a_conversion_leaves_torchs_thread_count_as_it_found_it(tmp_path):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_merging_bfloat16_shards_gives_torchs_cast(tmp_path, dtype):
+    """The other source dtype real checkpoints ship in: bfloat16 safetensors shards, cast by onnxruntime."""
+    from reconcile_testing.checkpoints import make_hf_shards
+    from safetensors.torch import load_file
+
+    from reconciler.models.convert import merge_shards
+    from reconciler.publish import commit, staged
+
+    hf = make_hf_shards(tmp_path / "hf", fmt="safetensors", n_shards=2, seed=5, dtype=torch.bfloat16)
+    final = tmp_path / "merged.safetensors"
+    with staged(final, where="t") as out:
+        info = merge_shards({"index": hf["index"], "shards": hf["shards"]}, {"dtype": dtype}, out)
+        commit(out, final, where="t", expected_sha256=None)
+    assert "bfloat16" in info["source_dtypes"] and info["cast_by"] == ["onnxruntime"]
+    source = {k: v for shard in hf["shards"] for k, v in load_file(shard).items()}
+    merged = load_file(final)
+    assert merged.keys() == source.keys()
+    for name, t in merged.items():
+        assert torch.equal(t.view(torch.uint8), source[name].to(getattr(torch, dtype)).view(torch.uint8)), name
