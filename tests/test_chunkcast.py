@@ -142,7 +142,7 @@ def test_the_probe_reference_is_torchs_cast(pair):
 
 
 def test_the_probe_tells_truncation_from_rounding():
-    """An engine that cut float32 to bfloat16 (as onnxruntime did before 1.16) fails the probe: torch casts."""
+    """An engine that truncated float32 to bfloat16 instead of rounding would fail the probe: torch casts then."""
     from reconciler.models.chunkcast import _probe, reference_cast
 
     bits = _probe("float32")
