@@ -49,6 +49,7 @@ class StagingFile:
         self._small = bytearray()  # page-cache phase: accepted bytes not yet written, ending at pos
         self._switch_at: int | None = DIRECT_FROM if _O_DIRECT else None  # where O_DIRECT begins
         self._blocks = False  # the direct phase: bytes go through the aligned blocks
+        self._o_direct = False  # O_DIRECT is set on the descriptor (only this object changes its flags)
         self._cur: mmap.mmap | None = None  # the block being filled; its file offset is pos - fill
         self._fill = 0
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -154,7 +155,7 @@ class StagingFile:
             if e.errno != errno.EINVAL:
                 raise
             return
-        self._blocks = True
+        self._blocks = self._o_direct = True
 
     # -- the direct phase ------------------------------------------------------------------------
 
@@ -228,11 +229,12 @@ class StagingFile:
             self._raise()
 
     def _is_direct(self) -> bool:
-        return bool(_O_DIRECT) and bool(fcntl.fcntl(self._fd, fcntl.F_GETFL) & _O_DIRECT)
+        return self._o_direct
 
     def _end_direct(self) -> None:
-        if self._is_direct():
+        if self._o_direct:
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+            self._o_direct = False
 
     def _raise(self) -> None:
         if self._error is not None:

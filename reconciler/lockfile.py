@@ -44,6 +44,7 @@ def schema_text(name: str) -> str:
     return resources.files("reconciler.schemas").joinpath(name).read_text(encoding="utf-8")
 
 
+@cache
 def load_schema(name: str) -> dict:
     """A JSON Schema shipped inside the package, parsed."""
     return json.loads(schema_text(name))

@@ -139,10 +139,7 @@ def _check_samples(readback, tf: TensorFile, entry: Entry, dtype: str, span: tup
         else:
             src = flat[first * isz:(first + count) * isz]
         want = np.empty(count * width, dtype=np.uint8)
-        if entry.dtype == target:
-            want[:] = src
-        else:
-            caster.cast(src, entry.dtype, want, target)  # an overflow already failed the write
+        caster.cast(src, entry.dtype, want, target)  # an overflow already failed the write
         at = start + first * width
         got = os.pread(readback.fileno(), count * width, at)
         if at + len(got) > end or len(got) != count * width:

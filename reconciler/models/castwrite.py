@@ -2,11 +2,11 @@
 
 Why a pipeline: converting the real 27 GB checkpoint is bounded by the disk, but the CPU work per
 output byte (copy out of the page cache, cast, the file's sha256, each tensor's sha256 for the
-manifest, copy into the page cache) is ~1.7 ns per output byte on this machine, and one thread doing
-it in turn stalls the disk. Here the calling thread reads a chunk with `pread` and casts it
-(`chunkcast`: onnxruntime or torch, either releases the GIL), and two helper threads take each cast
-chunk: one writes it through the output's hashing writer (which hashes the file's sha256 on its own thread while the kernel copies), one
-updates the tensor's sha256. Every byte is read once from the source and hashed once per digest,
+manifest, the write) is ~1.7 ns per output byte on this machine, and one thread doing it in turn
+stalls the disk. Here the calling thread reads a chunk with `pread` and casts it (`chunkcast`:
+onnxruntime or torch, either releases the GIL), and two helper threads take each cast chunk: one
+writes it through the output's hashing writer (which hashes the file's sha256 on its own thread
+while the kernel writes), one updates the tensor's sha256. Every byte is read once from the source and hashed once per digest,
 never re-read from the output; memory is a few chunks (RING x CHUNK), whatever the file size.
 
 The tensor manifest (name -> dtype, shape, sha256) is the one `safetensors_io.tensor_manifest`
@@ -200,9 +200,7 @@ class CastWriter:
             else:
                 src = raw[:count * src_width]
                 self._pread(tf, src, entry.start + first * src_width, name)
-            if entry.dtype == target:  # a strided view of the same dtype
-                out[:] = src
-            elif overflow := self.caster.cast(src, entry.dtype, out, target):
+            if overflow := self.caster.cast(src, entry.dtype, out, target):
                 raise TransformError(f"tensor {name}: {overflow} finite values overflow {dtype} (they would become "
                                      "inf)", where=self.where, fix="convert to bfloat16 or float32 instead")
             yield slot, memoryview(out)

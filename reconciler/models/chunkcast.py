@@ -47,7 +47,11 @@ class Caster:
         """Cast `src` (uint8 bytes of `src_dtype`) into `out` (uint8 bytes of `dtype`, same element count).
 
         Returns how many finite source values became +-inf (a narrowing cast overflowed): 0 in the common case.
+        The same dtype on both sides is a copy.
         """
+        if src_dtype == dtype:
+            out[:] = src
+            return 0
         if src.nbytes == 0:
             return 0
         session = self._session(src_dtype, dtype)
@@ -61,7 +65,7 @@ class Caster:
         """onnxruntime's Cast for this pair of dtypes, made and probed once; None: torch casts this pair."""
         key = (src_dtype, dtype)
         if key not in self._sessions:
-            usable = self._ort is not None and src_dtype in _FLOATS and dtype in _FLOATS and src_dtype != dtype
+            usable = self._ort is not None and src_dtype in _FLOATS and dtype in _FLOATS
             self._sessions[key] = self._probed_session(src_dtype, dtype) if usable else None
         return self._sessions[key]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import shutil
 import threading
 import time
@@ -347,8 +346,7 @@ def _pinned(source: Source, path: str, sha256: str | None, size: int | None) -> 
     other bytes at that commit then gets is a sha256 or size mismatch after the download instead of
     "upstream changed" before it; big files keep the HEAD, so that never costs a big download.
     """
-    if (sha256 and size is not None and size <= PINNED_NO_HEAD_MAX
-            and re.fullmatch(r"[0-9a-f]{40}", source.revision or "")):
+    if sha256 and size is not None and size <= PINNED_NO_HEAD_MAX and source.pinned:
         return RemoteFile(path, source.revision, size, sha256)
     return None
 
